@@ -1,0 +1,92 @@
+"""User-facing errors.
+
+Every problem with a spec is reported as a :class:`PsparseError` that names the
+line and column (1-based), shows the offending source line with a caret under
+the offending text, and says what was expected in the user's words.  The CLI
+prints ``str(err)`` and exits 1; nothing ever surfaces as a Python traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of the source text. Lines and columns are 1-based; end is exclusive."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    start_pos: int = 0
+    end_pos: int = 0
+
+
+class PsparseError(Exception):
+    """Base class for every error psparse reports about user input or use."""
+
+    def __init__(self, message: str, *, source: str | None = None, span: Span | None = None,
+                 expected: str | None = None, hint: str | None = None):
+        self.message = message
+        self.source = source
+        self.span = span
+        self.expected = expected
+        self.hint = hint
+        super().__init__(self.render())
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def source_line(self) -> str | None:
+        if self.source is None or self.span is None:
+            return None
+        lines = self.source.splitlines() or [""]
+        idx = self.span.line - 1
+        if 0 <= idx < len(lines):
+            return lines[idx]
+        return ""
+
+    def render(self) -> str:
+        head = self.message
+        if self.span is not None:
+            head = f"line {self.span.line}, column {self.span.column}: {self.message}"
+        parts = [head]
+        text = self.source_line()
+        if text is not None:
+            # Long lines (a 1 MB one-liner) are clipped around the caret so the message stays readable.
+            col = self.span.column - 1
+            width = 1
+            if self.span.end_line == self.span.line:
+                width = max(1, self.span.end_column - self.span.column)
+            lo = max(0, col - 60)
+            hi = min(len(text), col + max(width, 1) + 60)
+            shown = ("..." if lo > 0 else "") + text[lo:hi] + ("..." if hi < len(text) else "")
+            pad = col - lo + (3 if lo > 0 else 0)
+            width = min(width, max(1, hi - col))
+            parts.append("    " + shown.expandtabs(1))
+            parts.append("    " + " " * pad + "^" * width)
+        if self.expected:
+            parts.append(f"expected {self.expected}")
+        if self.hint:
+            parts.append(self.hint)
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class PsparseSyntaxError(PsparseError):
+    """The text is not a well-formed spec."""
+
+
+class PsparseSemanticError(PsparseError):
+    """The text parses, but means nothing valid (bad argument, unknown name, overlapping lines...)."""
+
+
+class PsparseUsageError(PsparseError):
+    """A well-formed spec used wrongly at call time (missing doc_ids, uncovered head, bad shapes...)."""
