@@ -1,0 +1,34 @@
+"""Flatten nested chains of the same associative operator.
+
+``(a | b) | c`` parses as a Union inside a Union; union and intersection are
+associative, so it is the chain ``a | b | c``.  A chain of one term is that term,
+and an empty chain is the operator's identity.  Difference is not associative
+and is left alone.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .. import ir
+from ._walk import bottom_up, nary
+
+
+def _flatten_node(e: ir.Expr) -> ir.Expr:
+    if not isinstance(e, (ir.Union, ir.Intersect)):
+        return e
+    cls = type(e)
+    if len(e.terms) >= 2 and not any(isinstance(t, cls) for t in e.terms):
+        return e
+    terms: list[ir.Expr] = []
+    for t in e.terms:
+        # Children were flattened already (bottom-up), so one level of splicing suffices.
+        if isinstance(t, cls):
+            terms.extend(t.terms)
+        else:
+            terms.append(t)
+    out = nary(cls, terms)
+    return replace(out, span=e.span) if isinstance(out, cls) else out
+
+
+def flatten(e: ir.Expr) -> ir.Expr:
+    return bottom_up(e, _flatten_node)
