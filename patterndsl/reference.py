@@ -146,7 +146,8 @@ class _Eval:
             # One value per diagonal, laid out as a Toeplitz matrix: much cheaper than
             # forming q - k for every pair.
             diag = _Eval(self.q0, self.nq, self.n, self.Q.device, inner=self.inner, diagonals=True)
-            return _toeplitz(diag._node(e).flatten(), self.nq, self.n)
+            values = diag._node(e).expand(1, 1, self.nq + self.n - 1, 1)
+            return _toeplitz(values.flatten(), self.nq, self.n)
         return self._node(e)
 
     def _node(self, e: ir.Expr) -> torch.Tensor:
