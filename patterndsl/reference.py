@@ -15,6 +15,7 @@ Readings where LANGUAGE.md leaves a choice (also in docs/ARCHITECTURE.md):
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -339,13 +340,25 @@ class _Eval:
 # ---------------------------------------------------------------------------
 
 def _as_doc(doc_ids, n: int, device):
+    """``(doc [Bd, n], batched)``: the document ids with a batch dimension always present."""
     if doc_ids is None:
-        return None
+        return None, False
     d = torch.as_tensor(doc_ids, device=device)
     if d.dim() not in (1, 2) or d.shape[-1] != n:
         raise PsparseUsageError(
             f"doc_ids must have shape [n] or [batch, n] with n = {n}; got {list(d.shape)}")
-    return d if d.dim() == 2 else d.unsqueeze(0)
+    return (d, True) if d.dim() == 2 else (d.unsqueeze(0), False)
+
+
+def _count(name: str, value, low: int):
+    """``value`` as a Python int >= ``low`` (numpy and torch integers accepted)."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise PsparseUsageError(f"{name} must be an integer, not {value!r}") from None
+    if value < low:
+        raise PsparseUsageError(f"{name} must be >= {low}, not {value}")
+    return value
 
 
 def _check_qk(q, k, n: int, nq: int | None):
@@ -388,34 +401,32 @@ def program_mask(program: ir.Program, n: int, *, nq: int | None = None, q_offset
     batch dimension when ``doc_ids`` is ``[batch, n]`` or ``q``/``k`` are given, in which
     case the result is ``[batch, Hq, nq, n]`` (``q [B, Hq, nq, D]``, ``k [B, Hkv, n, D]``).
     Row ``i`` is query position ``i + n - nq`` (bottom-right), or ``i + q_offset``."""
-    if not isinstance(n, int) or n < 0:
-        raise PsparseUsageError(f"n must be an integer >= 0, not {n!r}")
-    if (q is None) != (k is None):
-        _check_qk(q, k, n, nq)
-    if q is not None:
+    n = _count("n", n, 0)
+    if q is not None or k is not None:
         _check_qk(q, k, n, nq)
         nq = q.shape[2]
         if num_heads is not None and num_heads != q.shape[1]:
             raise PsparseUsageError(f"num_heads={num_heads} but q has {q.shape[1]} query heads")
         num_heads = q.shape[1]
-    nq = n if nq is None else nq
-    if not isinstance(nq, int) or not 0 <= nq <= n:
-        raise PsparseUsageError(f"nq must be an integer in [0, n = {n}], not {nq!r}")
-    offset = n - nq if q_offset is None else q_offset
-    if not isinstance(offset, int) or offset < 0 or offset + nq > n:
+    nq = n if nq is None else _count("nq", nq, 0)
+    if nq > n:
+        raise PsparseUsageError(f"nq={nq} query rows do not fit in n = {n} positions")
+    offset = n - nq if q_offset is None else _count("q_offset", q_offset, 0)
+    if offset + nq > n:
         raise PsparseUsageError(
-            f"q_offset={q_offset} puts query rows outside [0, n = {n}): need 0 <= q_offset <= n - nq")
-    if num_heads is not None and (not isinstance(num_heads, int) or num_heads < 1):
-        raise PsparseUsageError(f"num_heads must be an integer >= 1, not {num_heads!r}")
-    if layer is not None and (not isinstance(layer, int) or layer < 0):
-        raise PsparseUsageError(f"layer must be an integer >= 0, not {layer!r}")
-    if num_layers is not None and layer is not None and layer >= num_layers:
-        raise PsparseUsageError(f"layer={layer} is outside num_layers={num_layers}")
+            f"q_offset={q_offset} puts query rows outside [0, n = {n}): need q_offset <= n - nq = {n - nq}")
+    if num_heads is not None:
+        num_heads = _count("num_heads", num_heads, 1)
+    if layer is not None:
+        layer = _count("layer", layer, 0)
+    if num_layers is not None:
+        num_layers = _count("num_layers", num_layers, 1)
+        if layer is not None and layer >= num_layers:
+            raise PsparseUsageError(f"layer={layer} is outside num_layers={num_layers}")
 
     device = q.device if q is not None else (doc_ids.device if isinstance(doc_ids, torch.Tensor)
                                              else torch.device("cpu"))
-    doc = _as_doc(doc_ids, n, device)
-    doc_batched = doc_ids is not None and torch.as_tensor(doc_ids).dim() == 2
+    doc, doc_batched = _as_doc(doc_ids, n, device)
     batched = q is not None or doc_batched
     batch = q.shape[0] if q is not None else (doc.shape[0] if doc is not None else 1)
     if doc_batched and doc.shape[0] != batch:
@@ -454,8 +465,9 @@ def program_mask(program: ir.Program, n: int, *, nq: int | None = None, q_offset
         data = None
         if rule.expr.is_dynamic:
             idx = torch.tensor(hs, device=device)
-            data = _Data(qf.index_select(1, idx), kf.index_select(1, torch.div(idx, group_size, rounding_mode="floor")),
-                         scale, program.budget, layer, num_layers)
+            kv = torch.div(idx, group_size, rounding_mode="floor")  # each query head's KV head
+            data = _Data(qf.index_select(1, idx), kf.index_select(1, kv), scale, program.budget,
+                         layer, num_layers)
         m = _Eval(offset, nq, n, device, doc=doc, data=data)(rule.expr)
         contiguous = hs == list(range(hs[0], hs[-1] + 1))
         out[:, slice(hs[0], hs[-1] + 1) if contiguous else hs] = m.expand(batch, len(hs), nq, n)

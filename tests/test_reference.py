@@ -302,6 +302,13 @@ def test_bad_alignment(nq, q_offset):
         expr_mask(ir.Causal(), 6, nq=nq, q_offset=q_offset)
 
 
+def test_integer_arguments():
+    assert expr_mask(ir.Causal(), torch.tensor(4), nq=torch.tensor(2)).shape == (2, 4)
+    for bad in [dict(n=4.0), dict(n=4, nq="2"), dict(n=4, num_heads=0), dict(n=4, layer=-1)]:
+        with pytest.raises(PsparseUsageError):
+            expr_mask(ir.Causal(), **bad)
+
+
 def test_empty_query_block():
     assert expr_mask(ir.Causal(), 6, nq=0).shape == (0, 6)
 
@@ -411,7 +418,8 @@ offset_sets = st.lists(st.one_of(st.integers(-9, 9), st.builds(
 leaves = st.one_of(
     st.just(ir.All()), st.just(ir.Nothing()), st.just(ir.Causal()), st.just(ir.Document()),
     st.builds(ir.Local, small, small), st.builds(ir.Block, pos), st.builds(ir.Stride, pos),
-    st.builds(ir.Dilated, small, pos), pos.flatmap(lambda s: st.builds(ir.Every, st.just(s), st.integers(0, s - 1))),
+    st.builds(ir.Dilated, small, pos),
+    pos.flatmap(lambda s: st.builds(ir.Every, st.just(s), st.integers(0, s - 1))),
     st.builds(ir.Rows, index_sets), st.builds(ir.Cols, index_sets), st.builds(ir.Global, index_sets),
     st.builds(ir.Sink, small), st.builds(ir.Prefix, small), st.builds(ir.Slash, offset_sets),
     st.builds(ir.Random, st.integers(0, 4), pos, st.integers(0, 2**32 - 1), st.booleans()),
@@ -505,7 +513,8 @@ def test_document_errors():
     with pytest.raises(PsparseUsageError, match="doc_ids"):
         expr_mask(ir.Document(), 4, doc_ids=torch.zeros(1, 2, 4))
     with pytest.raises(PsparseUsageError, match="batch"):
-        expr_mask(ir.Document(), 4, doc_ids=torch.zeros(3, 4), q=torch.randn(2, 1, 4, 2), k=torch.randn(2, 1, 4, 2))
+        expr_mask(ir.Document(), 4, doc_ids=torch.zeros(3, 4),
+                  q=torch.randn(2, 1, 4, 2), k=torch.randn(2, 1, 4, 2))
 
 
 def test_document_with_qk_batch():
@@ -820,7 +829,8 @@ def test_adaptive_pools_within_a_heads_line():
     k[0, 2, :, 0] = torch.tensor([4.0, 3.0, 2.0, 1.0])
     k[0, 3, :, 0] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     term = ir.TopVertical(2, by="norm")
-    p = prog(ir.Rule(term, heads=ir.Selector(0, 2)), ir.Rule(ir.Union((term, ir.Nothing())), heads=ir.Selector(2, 4)),
+    p = prog(ir.Rule(term, heads=ir.Selector(0, 2)),
+             ir.Rule(ir.Union((term, ir.Nothing())), heads=ir.Selector(2, 4)),
              budget=ir.Adaptive(0.0))
     got = program_mask(p, n, q=q, k=k)
     # Each line's two heads share 4 picks: all go to the strong head of that line.
@@ -866,5 +876,6 @@ def test_through_parser():
     got = spec.mask(4, num_heads=4, nq=2)
     assert got[0].tolist() == M("1110 1111").tolist()
     assert got[3].tolist() == M("0111 0011").tolist()
-    assert parse("document & causal").mask(4, doc_ids=[0, 0, 1, 1]).tolist() == M("1000 1100 0010 0011").tolist()
+    got = parse("document & causal").mask(4, doc_ids=[0, 0, 1, 1])
+    assert got.tolist() == M("1000 1100 0010 0011").tolist()
     assert parse("cols([-64:10])").mask(100).sum() == 0
