@@ -233,18 +233,18 @@ def _run_show(args, parser, out) -> int:
     def rows_mask(start: int, count: int):
         return drawn.mask(n, nq=count, q_offset=start, doc_ids=doc_ids)
 
+    if args.png:
+        show.require_pillow()  # fail before drawing anything (or walking a long mask)
     if args.block is None and n <= show.MAX_GRID_COLUMNS:
         rows = rows_mask(q_start, nq).tolist()
         out.write(show.render_grid(rows, q_start=q_start, tokens=args.token_list,
-                                   ascii_only=ascii_only, title=title))
+                                   doc_ids=args.doc_ids, ascii_only=ascii_only, title=title))
         if args.png:
             pic = show.write_png_grid(args.png, rows, q_start=q_start, tokens=args.token_list)
             out.write(f"\nwrote {args.png} ({pic.width} x {pic.height} pixels)\n")
         return EXIT_OK
 
-    block = args.block or show.auto_block(n)
-    if args.png:
-        show._pil()  # fail before the (possibly long) walk over the mask
+    block = args.block or show.auto_block(n, _block_columns(out))
     # The picture uses finer groups than the text (up to PNG_MAX_PIXELS of them per side).
     png_block = show.auto_block(n, show.PNG_MAX_PIXELS) if args.png else None
     acc = _zeros(n, q_start, block)
@@ -265,6 +265,19 @@ def _run_show(args, parser, out) -> int:
         pic = show.write_png_density(args.png, png_acc.to(torch.float64) / totals)
         out.write(f"\nwrote {args.png} ({pic.width} x {pic.height} pixels)\n")
     return EXIT_OK
+
+
+def _block_columns(out) -> int:
+    """How many key blocks to draw at most: 64, or fewer when a terminal is narrower than
+    the picture would be (two characters per block plus the row labels)."""
+    limit = 64
+    try:
+        if out.isatty():
+            width = os.get_terminal_size(out.fileno()).columns
+            limit = max(8, min(limit, (width - 20) // 2))
+    except (AttributeError, OSError, ValueError):
+        pass
+    return limit
 
 
 def _zeros(n: int, q_start: int, block: int):

@@ -128,12 +128,13 @@ def _count_text(allowed: int, total: int) -> str:
 # ---------------------------------------------------------------------------
 
 def render_grid(rows: Sequence[Sequence[bool]], *, q_start: int = 0,
-                tokens: Sequence[str] | None = None, ascii_only: bool = False,
-                title: str | None = None) -> str:
+                tokens: Sequence[str] | None = None, doc_ids: Sequence[int] | None = None,
+                ascii_only: bool = False, title: str | None = None) -> str:
     """The mask drawn cell by cell.
 
     ``rows[i][k]`` says whether query ``q_start + i`` may attend key ``k``; ``tokens``, when
-    given, has one entry per key position and labels both axes."""
+    given, has one entry per key position and labels both axes; ``doc_ids`` (one per
+    position) adds a line naming each key's document, so document boundaries show."""
     marks = marks_for(ascii_only)
     n = len(rows[0]) if rows else (len(tokens) if tokens is not None else 0)
     if tokens is not None and len(tokens) != n:
@@ -161,6 +162,11 @@ def render_grid(rows: Sequence[Sequence[bool]], *, q_start: int = 0,
     if tokens is not None:
         for chars in vertical_words([clip(t, MAX_VERTICAL_LABEL) for t in toks]):
             lines.append((lead + _cells(chars)).rstrip())
+    if doc_ids is not None:
+        doc_lines = vertical_numbers(doc_ids)
+        for j, digits in enumerate(doc_lines):
+            corner = "doc" if j == len(doc_lines) - 1 else ""
+            lines.append((pad_left(corner, label_w) + gap + _cells(list(digits))).rstrip())
     digit_lines = vertical_numbers(range(n))
     for j, digits in enumerate(digit_lines):
         corner = "q\\k" if j == len(digit_lines) - 1 else ""
@@ -279,7 +285,8 @@ class PillowMissing(RuntimeError):
     """Pillow is not installed (it is the optional extra ``psparse[image]``)."""
 
 
-def _pil():
+def require_pillow():
+    """Pillow's modules, or PillowMissing with the install command."""
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
@@ -314,7 +321,7 @@ class PngLayout:
 def write_png_grid(path, rows: Sequence[Sequence[bool]], *, q_start: int = 0,
                    tokens: Sequence[str] | None = None) -> PngLayout:
     """A labelled picture of a small mask, one square per (q, k) pair."""
-    Image, ImageDraw, ImageFont = _pil()
+    Image, ImageDraw, ImageFont = require_pillow()
     nq, n = len(rows), len(rows[0])
     font = _font(ImageFont, 13)
     row_labels = [f"{q} {tokens[q]}" if tokens is not None else str(q)
@@ -363,7 +370,7 @@ def write_png_density(path, fractions) -> PngLayout:
     """A picture of a long mask: one pixel (scaled up to at least ~512 px) per group of
     positions, its darkness the fraction of allowed pairs in the group.  ``fractions`` is a
     2-D float tensor in [0, 1]."""
-    Image, _, _ = _pil()
+    Image, _, _ = require_pillow()
     import torch
 
     rows, cols = fractions.shape
