@@ -21,6 +21,7 @@ from lark import Token, Tree
 
 from . import ir
 from .errors import PsparseSemanticError, Span
+from .parser import gc_paused
 
 __all__ = ["lower", "MAX_DEPTH", "MAX_NODES", "RESERVED_NAMES", "PATTERN_PRIMITIVES",
            "RETENTION_TERMS", "BUDGET_NAMES"]
@@ -78,7 +79,8 @@ def lower(tree: Tree, text: str) -> ir.Program:
     """Lower a tree from :func:`patterndsl.parser.parse_tree` to an :class:`ir.Program`.
 
     ``text`` is the source the tree was parsed from (for the caret in errors)."""
-    return _Lowerer(text).program(tree)
+    with gc_paused():
+        return _Lowerer(text).program(tree)
 
 
 # ---------------------------------------------------------------------------
@@ -91,11 +93,20 @@ def _span(node) -> Span | None:
             return None
         return Span(node.line, node.column, node.end_line, node.end_column, node.start_pos,
                     node.end_pos)
-    meta = getattr(node, "meta", None)
-    if meta is None or meta.empty:
+    # A node's extent is that of its first and last tokens (the grammar keeps the
+    # delimiting ones); reading them directly skips building a lark Meta per node.
+    first = node
+    while isinstance(first, Tree):
+        if not first.children:
+            return None
+        first = first.children[0]
+    last = node
+    while isinstance(last, Tree):
+        last = last.children[-1]
+    if not isinstance(first, Token) or not isinstance(last, Token) or first.line is None:
         return None
-    return Span(meta.line, meta.column, meta.end_line, meta.end_column, meta.start_pos,
-                meta.end_pos)
+    return Span(first.line, first.column, last.end_line, last.end_column, first.start_pos,
+                last.end_pos)
 
 
 def _join_spans(a: Span | None, b: Span | None) -> Span | None:
@@ -107,6 +118,21 @@ def _join_spans(a: Span | None, b: Span | None) -> Span | None:
 def _suggest(name: str, candidates) -> str | None:
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+_STATEMENT_KEYWORDS = frozenset({"PATTERN", "HEADS", "LAYERS", "LET", "KV", "BUDGET"})
+
+
+def _parts_of(stmt: Tree) -> list:
+    """A statement's children without its keyword tokens (kept in the tree for positions)."""
+    return [c for c in stmt.children
+            if not (isinstance(c, Token) and c.type in _STATEMENT_KEYWORDS)]
+
+
+def _call_args(call: Tree) -> list:
+    """A call's arguments: its children are NAME, then `args` when there are any, then ')'."""
+    second = call.children[1]
+    return second.children if isinstance(second, Tree) else []
 
 
 def _possessive(name: str) -> str:
@@ -172,7 +198,7 @@ class _Lowerer:
                              expected="a pattern such as local(128)")
         for st in stmts:
             if st.data == "let_stmt":
-                name = str(st.children[0])
+                name = str(_parts_of(st)[0])
                 self.let_lines.setdefault(name, st.meta.line)
 
         rules: list[ir.Rule] = []
@@ -184,6 +210,7 @@ class _Lowerer:
         for st in stmts:
             kind = st.data
             line = st.meta.line
+            parts = _parts_of(st)
             if kind in ("default_stmt", "pattern_stmt"):
                 if default_line is not None:
                     raise self.error(
@@ -191,22 +218,22 @@ class _Lowerer:
                         hint="a spec has one default pattern; use 'heads H = ...' or "
                              "'layers L = ...' lines for other patterns")
                 default_line = line
-                rules.append(ir.Rule(self.rule_expr(st.children[-1]), span=_span(st)))
+                rules.append(ir.Rule(self.rule_expr(parts[-1]), span=_span(st)))
             elif kind == "heads_stmt":
-                heads = self.selector(st.children[0], "head")
-                expr = self.rule_expr(st.children[1])
-                selector_lines["heads"].append((heads, None, line, st.children[0], len(rules)))
+                heads = self.selector(parts[0], "head")
+                expr = self.rule_expr(parts[1])
+                selector_lines["heads"].append((heads, None, line, parts[0], len(rules)))
                 rules.append(ir.Rule(expr, heads=heads, span=_span(st)))
             elif kind == "layers_stmt":
-                layers = self.selector(st.children[0], "layer")
-                expr = self.rule_expr(st.children[1])
-                selector_lines["layers"].append((layers, None, line, st.children[0], len(rules)))
+                layers = self.selector(parts[0], "layer")
+                expr = self.rule_expr(parts[1])
+                selector_lines["layers"].append((layers, None, line, parts[0], len(rules)))
                 rules.append(ir.Rule(expr, layers=layers, span=_span(st)))
             elif kind == "layers_heads_stmt":
-                layers = self.selector(st.children[0], "layer")
-                heads = self.selector(st.children[1], "head")
-                expr = self.rule_expr(st.children[2])
-                both = _join_spans(_span(st.children[0]), _span(st.children[1]))
+                layers = self.selector(parts[0], "layer")
+                heads = self.selector(parts[1], "head")
+                expr = self.rule_expr(parts[2])
+                both = _join_spans(_span(parts[0]), _span(parts[1]))
                 selector_lines["layers heads"].append((layers, heads, line, both, len(rules)))
                 rules.append(ir.Rule(expr, layers=layers, heads=heads, span=_span(st)))
             elif kind == "let_stmt":
@@ -216,13 +243,13 @@ class _Lowerer:
                     raise self.error(f"a second kv line (the first is on line {kv_line})", st,
                                      hint="join the terms of one policy with '+'")
                 kv_line = line
-                kv = self.retention(st.children[0])
+                kv = self.retention(parts[0])
             elif kind == "budget_stmt":
                 if budget_line is not None:
                     raise self.error(f"a second budget line (the first is on line {budget_line})",
                                      st)
                 budget_line = line
-                budget = self.budget(st.children[0])
+                budget = self.budget(parts[0])
             else:  # the grammar has no other statement; a tree from elsewhere is a bug
                 raise self.error(f"unknown statement '{kind}'", st)
 
@@ -245,7 +272,7 @@ class _Lowerer:
 
     # -- let ------------------------------------------------------------------
     def let(self, st: Tree):
-        name_tok, body = st.children
+        name_tok, body = _parts_of(st)
         name = str(name_tok)
         if name in RESERVED_NAMES:
             what = ("a primitive" if name in PATTERN_PRIMITIVES
@@ -271,6 +298,8 @@ class _Lowerer:
         data = node.data
         if data == "call":
             return self.call(node, blockwise)
+        if data == "group":  # parentheses: the group is its expression (its ')' is kept)
+            return self.expr(node.children[0], blockwise)
         if data in ("or_expr", "and_expr"):
             terms = []
             depth = size = 0
@@ -383,7 +412,7 @@ class _Lowerer:
         argument node} (for pointing at a whole ``name=value``)."""
         values: dict[str, object] = {}
         where: dict[str, tuple[object, int | None]] = {}  # the argument and its position
-        args = node.children[1].children if len(node.children) > 1 else []
+        args = _call_args(node)
         seen_named = False
         for i, arg in enumerate(args):
             if isinstance(arg, Tree) and arg.data == "named_arg":
@@ -463,6 +492,8 @@ class _Lowerer:
                              f"got {self.snippet(node)}", node)
         items = []
         for item in node.children:
+            if isinstance(item, Token) and item.type in ("LSQB", "RSQB"):
+                continue
             if isinstance(item, Token):
                 items.append(self.int_value(item, "an index" if not offsets else "an offset"))
             else:
@@ -726,11 +757,11 @@ class _Lowerer:
         return self._one_index(node, "global", ir.Global)
 
     def _is_dynamic_call(self, node) -> bool:
-        args = node.children[1].children if len(node.children) > 1 else []
+        args = _call_args(node)
         return any(isinstance(a, Tree) and a.data == "named_arg" for a in args)
 
     def _static_or_hint(self, node, name, dynamic_example):
-        args = node.children[1].children if len(node.children) > 1 else []
+        args = _call_args(node)
         if args and isinstance(args[0], Token) and args[0].type == "INT":
             raise self.error(f"{name}'s argument must be a bracketed set or topk=...", args[0],
                              expected=_USAGE[name],
@@ -791,7 +822,7 @@ class _Lowerer:
         return ir.TopBlocks(topk, block, span=_span(node)), _Info(dyn=tok)
 
     def not_both(self, node, name):
-        args = node.children[1].children
+        args = _call_args(node)
         if not (isinstance(args[0], Tree) and args[0].data == "named_arg"):
             raise self.error(f"{name} takes either a bracketed set or topk=..., not both",
                              args[0], expected=_USAGE[name])

@@ -9,8 +9,10 @@ names never reach the user.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import gc
 import hashlib
 import os
 import re
@@ -19,29 +21,60 @@ import threading
 from pathlib import Path
 
 import lark
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken
-from lark.lark import PostLex
+from lark.exceptions import LarkError, UnexpectedToken
+from lark.tree import Meta
 
 from .errors import PsparseSyntaxError, PsparseUsageError, Span
 from .resources import resource_dir
 
-__all__ = ["parse_tree", "MAX_NESTING", "grammar_text"]
+__all__ = ["parse_tree", "PositionedTree", "MAX_NESTING", "grammar_text", "gc_paused"]
 
 #: Deepest allowed nesting of parentheses and brackets.  Lowering and every later pass
 #: recurse over the expression tree, so the depth is bounded here, at the first bracket
 #: too many, rather than by a RecursionError somewhere downstream.
 MAX_NESTING = 100
 
-_OPEN = {"_LPAR": ")", "_LSQB": "]"}
-_CLOSE = {"_RPAR", "_RSQB"}
+_OPEN = {"_LPAR": ")", "LSQB": "]"}
+_CLOSE = {"RPAR", "RSQB"}
 # Python's rule for digit separators: single underscores between digits.
 _GOOD_INT = re.compile(r"-?[0-9]+(?:_[0-9]+)*\Z")
 _GOOD_DECIMAL = re.compile(r"-?[0-9]+(?:_[0-9]+)*\.[0-9]+(?:_[0-9]+)*\Z")
 
 
+class PositionedTree(lark.Tree):
+    """A lark Tree whose ``meta`` (line, column, end_line, end_column, start_pos, end_pos)
+    is worked out on first use from its first and last tokens.
+
+    lark's ``propagate_positions`` computes a Meta on every reduction and doubles the
+    parse time; the grammar keeps each node's delimiting tokens (keywords, ')', brackets)
+    in the tree instead, so the same positions can be found here, lazily, for the few
+    nodes anyone asks about."""
+
+    @property
+    def meta(self):
+        m = self._meta
+        if m is None:
+            m = self._meta = Meta()
+            first = _edge_token(self, 0)
+            last = _edge_token(self, -1)
+            if first is not None and last is not None:
+                m.line, m.column, m.start_pos = first.line, first.column, first.start_pos
+                m.end_line, m.end_column, m.end_pos = last.end_line, last.end_column, last.end_pos
+                m.empty = False
+        return m
+
+
+def _edge_token(tree, side: int):
+    node = tree
+    while isinstance(node, lark.Tree):
+        if not node.children:
+            return None
+        node = node.children[side]
+    return node if isinstance(node, lark.Token) else None
+
+
 class _LexProblem(Exception):
-    """Raised from inside the token stream; parse_tree turns it into a PsparseSyntaxError
-    (the postlexer does not have the source text that the error needs for its caret)."""
+    """A problem found while reading tokens; parse_tree turns it into a PsparseSyntaxError."""
 
     def __init__(self, message, token, expected=None, hint=None):
         super().__init__(message)
@@ -51,56 +84,125 @@ class _LexProblem(Exception):
         self.hint = hint
 
 
-class _Postlexer(PostLex):
-    """Drops newlines inside brackets, bounds the nesting depth and checks number spelling.
-
-    The bracket stack of the parse in progress is kept per thread so that an error can say
-    which bracket is still open; the postlexer object itself is shared by every parse."""
-
-    always_accept = ("_NL",)
-
-    def __init__(self):
-        self._local = threading.local()
-
-    @property
-    def open_brackets(self):
-        return getattr(self._local, "stack", [])
-
-    def process(self, stream):
-        stack = []
-        self._local.stack = stack
-        for tok in stream:
-            ty = tok.type
-            if ty == "_NL":
-                if stack:
-                    continue
-            elif ty in _OPEN:
-                if len(stack) >= MAX_NESTING:
-                    raise _LexProblem(
-                        f"brackets nest too deeply (more than {MAX_NESTING} levels)", tok,
-                        hint="name an inner part with 'let' to flatten the expression")
-                stack.append(tok)
-            elif ty in _CLOSE:
-                if stack:
-                    stack.pop()
-            elif ty == "INT":
-                if "_" in tok and not _GOOD_INT.match(tok):
-                    raise _LexProblem(f"malformed number '{tok}'", tok,
-                                      expected="digits with single '_' between them, such as 131_072")
-            elif ty == "DECIMAL":
-                if "_" in tok and not _GOOD_DECIMAL.match(tok):
-                    raise _LexProblem(f"malformed number '{tok}'", tok,
-                                      expected="digits with single '_' between them, such as 0.25")
-            yield tok
+class _BadCharacter(Exception):
+    def __init__(self, pos, line, column):
+        super().__init__(pos)
+        self.pos, self.line, self.column = pos, line, column
 
 
 # ---------------------------------------------------------------------------
 # Building the parser (once per process, tables cached on disk)
 # ---------------------------------------------------------------------------
 
+class _Front:
+    """The lark LALR parser plus the tokenizer derived from the same grammar.
+
+    Tokens are read here rather than by lark's contextual lexer (a third of the parse
+    time went to its per-token bookkeeping and a postlexer on top of it).  The tokenizer
+    is one regular expression built from the grammar's own terminal definitions, so the
+    grammar stays the single source of truth.  What the contextual lexer did is done
+    explicitly: a word becomes a keyword only where the parser state accepts that keyword,
+    and a '-' glued to digits is a minus sign where a number cannot come.  Newlines inside
+    brackets are dropped (continuation lines), the bracket depth is bounded, and numbers
+    are checked for Python's digit-separator rule."""
+
+    def __init__(self, parser: lark.Lark):
+        self.lark = parser
+        conf = parser.lexer_conf
+        terminals = list(conf.terminals)
+        by_name = {t.name: t for t in terminals}
+        name_re = re.compile(by_name["NAME"].pattern.to_regexp() + r"\Z")
+        # String terminals that NAME also matches are keywords: lexed as NAME, then
+        # promoted where the parser accepts them (lark's contextual lexer does the same).
+        self.keywords = {t.pattern.value: t.name for t in terminals
+                         if type(t.pattern).__name__ == "PatternStr" and name_re.match(t.pattern.value)}
+        ordered = sorted((t for t in terminals if t.name not in self.keywords.values()),
+                         key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value),
+                                        t.name))
+        self.ignore = frozenset(conf.ignore)
+        self.master = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in ordered))
+
+    def parse(self, text: str):
+        ip = self.lark.parse_interactive()
+        state = ip.parser_state
+        stack: list = []
+        last = None
+        try:
+            feed = state.feed_token
+            for tok in self.tokens(text, state, stack):
+                feed(tok)
+                last = tok
+            end = lark.Token.new_borrow_pos("$END", "", last) if last is not None \
+                else lark.Token("$END", "", 0, 1, 1, 1, 1, 0)
+            return state.feed_token(end, True)
+        except UnexpectedToken as e:
+            e.open_brackets = stack
+            e.parser_state = state
+            raise
+        except _BadCharacter as e:
+            e.open_brackets = stack
+            e.parser_state = state
+            raise
+
+    def tokens(self, text: str, state, stack: list):
+        match = self.master.match
+        keywords = self.keywords
+        ignore = self.ignore
+        states = state.parse_conf.states
+        Token = lark.Token
+        pos, line, line_start, n = 0, 1, 0, len(text)
+        while pos < n:
+            m = match(text, pos)
+            if m is None:
+                raise _BadCharacter(pos, line, pos - line_start + 1)
+            kind = m.lastgroup
+            end = m.end()
+            if kind in ignore:
+                pos = end
+                continue
+            if kind == "_NL":
+                if not stack:
+                    col = pos - line_start + 1
+                    yield Token("_NL", "\n", pos, line, col, line, col + 1, end)
+                line += 1
+                line_start = pos = end
+                continue
+            value = m.group()
+            col = pos - line_start + 1
+            if kind == "NAME":
+                kw = keywords.get(value)
+                if kw is not None and kw in states[state.position]:
+                    kind = kw
+            elif kind == "INT":
+                if value[0] == "-" and "INT" not in states[state.position] \
+                        and "_MINUS" in states[state.position]:
+                    # `x-1`: where no number may come, the '-' is the operator.
+                    kind, value, end = "_MINUS", "-", pos + 1
+                elif "_" in value and not _GOOD_INT.match(value):
+                    raise _LexProblem(f"malformed number '{value}'",
+                                      Token(kind, value, pos, line, col, line, col + len(value), end),
+                                      expected="digits with single '_' between them, such as 131_072")
+            elif kind == "DECIMAL":
+                if "_" in value and not _GOOD_DECIMAL.match(value):
+                    raise _LexProblem(f"malformed number '{value}'",
+                                      Token(kind, value, pos, line, col, line, col + len(value), end),
+                                      expected="digits with single '_' between them, such as 0.25")
+            tok = Token(kind, value, pos, line, col, line, col + len(value), end)
+            if kind in _OPEN:
+                if len(stack) >= MAX_NESTING:
+                    raise _LexProblem(
+                        f"brackets nest too deeply (more than {MAX_NESTING} levels)", tok,
+                        hint="name an inner part with 'let' to flatten the expression")
+                stack.append(tok)
+            elif kind in _CLOSE:
+                if stack:
+                    stack.pop()
+            yield tok
+            pos = end
+
+
 _lock = threading.Lock()
-_parser: lark.Lark | None = None
-_postlexer: _Postlexer | None = None
+_front: _Front | None = None
 _grammar: str | None = None
 
 
@@ -134,29 +236,28 @@ def _cache_file(grammar: str) -> str | None:
         return None
 
 
-def _build() -> tuple[lark.Lark, _Postlexer]:
+def _build() -> _Front:
     grammar = grammar_text()
-    post = _Postlexer()
-    options = dict(parser="lalr", lexer="contextual", propagate_positions=True,
-                   maybe_placeholders=False, postlex=post)
+    options = dict(parser="lalr", lexer="contextual", propagate_positions=False,
+                   maybe_placeholders=False, tree_class=PositionedTree)
     cache = _cache_file(grammar)
     if cache is not None:
         try:
-            return lark.Lark(grammar, cache=cache, **options), post
+            return _Front(lark.Lark(grammar, cache=cache, **options))
         except Exception:
             # lark tolerates unreadable/unwritable cache files itself; anything else that
             # goes wrong with the cache must not stop parsing, so build without it.
             pass
-    return lark.Lark(grammar, **options), post
+    return _Front(lark.Lark(grammar, **options))
 
 
-def _get_parser() -> tuple[lark.Lark, _Postlexer]:
-    global _parser, _postlexer
-    if _parser is None:
+def _get_front() -> _Front:
+    global _front
+    if _front is None:
         with _lock:
-            if _parser is None:
-                _parser, _postlexer = _build()
-    return _parser, _postlexer
+            if _front is None:
+                _front = _build()
+    return _front
 
 
 # ---------------------------------------------------------------------------
@@ -165,8 +266,8 @@ def _get_parser() -> tuple[lark.Lark, _Postlexer]:
 
 _PATTERN = "a pattern such as local(128)"
 _PUNCT = {
-    "_EQ": "'='", "_COMMA": "','", "COLON": "':'", "_LPAR": "'('", "_RPAR": "')'",
-    "_LSQB": "'['", "_RSQB": "']'", "_PLUS": "'+'",
+    "_EQ": "'='", "_COMMA": "','", "COLON": "':'", "_LPAR": "'('", "RPAR": "')'",
+    "LSQB": "'['", "RSQB": "']'", "_PLUS": "'+'",
 }
 _KEYWORDS = ("PATTERN", "HEADS", "LAYERS", "LET", "KV", "BUDGET")
 _KEYWORD_WORDS = ("pattern", "heads", "layers", "let", "kv", "budget")
@@ -227,13 +328,13 @@ def describe_expected(expected, state=None) -> str:
     exp = set(expected)
     phrases: list[str] = []
     at_statement_start = "LET" in exp
-    if {"INT", "DECIMAL", "_LSQB"} <= exp:
+    if {"INT", "DECIMAL", "LSQB"} <= exp:
         # The start of a call argument or of a named argument's value.
         if _previous(state, 1) == "_EQ":
             phrases.append("a value (a number, an index set such as [0:64], true/false or a pattern)")
         else:
             phrases.append("an argument (a number, an index set such as [0:64], or a pattern)")
-        exp -= {"INT", "DECIMAL", "_LSQB", "NAME", "_LPAR"}
+        exp -= {"INT", "DECIMAL", "LSQB", "NAME", "_LPAR"}
     if "NAME" in exp:
         # NAME and '(' are expected together only where a pattern (or a term) starts, and
         # there a '(' opens a group, which the phrase already covers.
@@ -247,10 +348,10 @@ def describe_expected(expected, state=None) -> str:
         phrases.append("'heads'")
         exp.discard("HEADS")
     if "INT" in exp:
-        if "COLON" in exp and "_RSQB" in exp:
+        if "COLON" in exp and "RSQB" in exp:
             phrases.append("an index such as 5 or a slice such as 0:64")
             exp.discard("COLON")
-        elif "COLON" in exp and not exp & {"_EQ", "_COMMA", "_RSQB", "HEADS"}:
+        elif "COLON" in exp and not exp & {"_EQ", "_COMMA", "RSQB", "HEADS"}:
             phrases.append("a number or range such as 0:8")
             exp.discard("COLON")
         else:
@@ -265,7 +366,7 @@ def describe_expected(expected, state=None) -> str:
                        else _join(["'" + {"_VBAR": "|", "_AMP": "&", "_MINUS": "-"}[o] + "'"
                                    for o in ops]))
         exp -= set(ops)
-    for term in ("_LPAR", "_EQ", "COLON", "_PLUS", "_COMMA", "_RPAR", "_RSQB", "_LSQB"):
+    for term in ("_LPAR", "_EQ", "COLON", "_PLUS", "_COMMA", "RPAR", "RSQB", "LSQB"):
         if term in exp:
             phrases.append(_PUNCT[term])
             exp.discard(term)
@@ -343,23 +444,13 @@ def _statement_hint(tok, state) -> str | None:
     return f"to name a sub-pattern, write 'let {name} = ...'"
 
 
-def _parser_state(e):
-    if getattr(e, "interactive_parser", None) is not None:
-        return e.interactive_parser.parser_state
-    state = getattr(e, "state", None)
-    return state if hasattr(state, "parse_conf") else None
-
-
-def _translate(e: Exception, text: str, post: _Postlexer) -> PsparseSyntaxError:
+def _translate(e: Exception, text: str) -> PsparseSyntaxError:
     if isinstance(e, _LexProblem):
         return PsparseSyntaxError(e.message, source=text, span=_token_span(e.token),
                                   expected=e.expected, hint=e.hint)
-    stack = list(post.open_brackets)
-    state = _parser_state(e)
-    if state is not None:
-        expected = describe_expected(_accepts(state), state)
-    else:
-        expected = None
+    stack = list(getattr(e, "open_brackets", ()))
+    state = getattr(e, "parser_state", None)
+    expected = describe_expected(_accepts(state), state) if state is not None else None
     if isinstance(e, UnexpectedToken):
         tok = e.token
         if tok.type == "$END":
@@ -370,43 +461,54 @@ def _translate(e: Exception, text: str, post: _Postlexer) -> PsparseSyntaxError:
             return PsparseSyntaxError("unexpected end of input", source=text,
                                       span=_end_span(text, tok), expected=expected)
         span = _token_span(tok)
-        if tok.type == "_NL":
-            span = Span(span.line, span.column, span.line, span.column + 1, span.start_pos,
-                        span.start_pos + 1)
         hint = _open_hint(stack, span.line, span.start_pos)
         if hint is None and state is not None:
             hint = _statement_hint(tok, state)
         return PsparseSyntaxError(f"unexpected {_found(tok)}", source=text, span=span,
                                   expected=expected, hint=hint)
-    if isinstance(e, UnexpectedCharacters):
-        pos = e.pos_in_stream or 0
-        ch = text[pos] if pos < len(text) else ""
-        span = Span(e.line, e.column, e.line, e.column + 1, pos, pos + 1)
+    if isinstance(e, _BadCharacter):
+        ch = text[e.pos]
+        span = Span(e.line, e.column, e.line, e.column + 1, e.pos, e.pos + 1)
         return PsparseSyntaxError(f"unexpected character {_show_char(ch)}", source=text,
                                   span=span, expected=expected,
-                                  hint=_open_hint(stack, e.line, pos))
-    line = getattr(e, "line", None)
-    col = getattr(e, "column", None)
-    span = None
-    if isinstance(line, int) and isinstance(col, int):
-        pos = getattr(e, "pos_in_stream", 0) or 0
-        span = Span(line, col, line, col + 1, pos, pos + 1)
-    return PsparseSyntaxError("the spec could not be parsed here", source=text, span=span,
-                              expected=expected or _PATTERN)
+                                  hint=_open_hint(stack, e.line, e.pos))
+    # Any other lark error would be a bug in the grammar tables, but the user still gets
+    # a PsparseError rather than a traceback.
+    return PsparseSyntaxError(f"the spec could not be parsed ({type(e).__name__})", source=text,
+                              expected=_PATTERN)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while building a tree.
+
+    Parsing allocates many small objects that all stay alive (tokens, tree nodes), which
+    makes every collection rescan them all: on a large spec that cost half the parse time
+    and grew faster than the input.  Nothing built here forms reference cycles, so the
+    pause frees nothing late; the previous setting is restored afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def parse_tree(text: str) -> lark.Tree:
-    """Parse spec text into a lark tree (positions kept on every node and token).
+    """Parse spec text into a lark tree: every token has its position and every node's
+    ``meta`` gives its extent (see :class:`PositionedTree`).
 
     Raises :class:`PsparseSyntaxError` for anything that is not well formed, including
     text with no statement at all."""
     if not isinstance(text, str):
         raise PsparseUsageError(f"a spec is text, not {type(text).__name__}")
-    parser, post = _get_parser()
+    front = _get_front()
     try:
-        tree = parser.parse(text)
-    except (_LexProblem, LarkError) as e:
-        raise _translate(e, text, post) from None
+        with gc_paused():
+            tree = front.parse(text)
+    except (_LexProblem, _BadCharacter, LarkError) as e:
+        raise _translate(e, text) from None
     if not tree.children:
         raise PsparseSyntaxError("empty spec", source=text, span=Span(1, 1, 1, 2, 0, 1),
                                  expected=_PATTERN)
