@@ -353,16 +353,18 @@ def format_ir(node, indent: int = 0, width: int = 88) -> str:
     return _fmt(strip_spans(node), indent, width)
 
 
-def _fmt(v, indent: int, width: int) -> str:
+def _fmt(v, indent: int, width: int, used: int = 0) -> str:
+    """``v`` laid out on a line that starts at column ``indent`` and already holds ``used``
+    characters after the indent; nested lines are indented four more than their parent."""
     flat = repr(v)
-    if indent + len(flat) <= width:
+    if indent + used + len(flat) <= width:
         return flat
     pad = " " * (indent + 4)
     if hasattr(v, "__dataclass_fields__"):
         from dataclasses import fields
-        parts = [f"{pad}{f.name}={_fmt(getattr(v, f.name), indent + 4 + len(f.name) + 1, width)}"
+        parts = [f"{pad}{f.name}={_fmt(getattr(v, f.name), indent + 4, width, len(f.name) + 1)}"
                  for f in fields(v) if f.repr]
-        return f"{type(v).__name__}(\n" + ",\n".join(parts) + "\n" + " " * indent + ")"
+        return f"{type(v).__name__}(\n" + ",\n".join(parts) + ",\n" + " " * indent + ")"
     if isinstance(v, tuple) and v:
         parts = [pad + _fmt(x, indent + 4, width) for x in v]
         return "(\n" + ",\n".join(parts) + ",\n" + " " * indent + ")"

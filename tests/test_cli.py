@@ -353,3 +353,31 @@ def test_closed_pipe_is_quiet():
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.stdout.strip() == "causal"
     assert r.stderr == ""
+
+
+# ---------------------------------------------------------------------------
+# README: every `$ psparse ...` example prints what the README shows
+# ---------------------------------------------------------------------------
+
+def readme_sessions():
+    import re
+    import shlex
+    text = (ROOT / "README.md").read_text()
+    sessions = []
+    for block in re.findall(r"```\n(\$ psparse .*?)```", text, flags=re.S):
+        command, _, output = block.partition("\n")
+        sessions.append((shlex.split(command[2:])[1:], output))
+    return sessions
+
+
+def test_readme_has_examples():
+    assert len(readme_sessions()) >= 8
+
+
+@pytest.mark.parametrize("argv, expected", readme_sessions(), ids=lambda v: " ".join(v)[:40]
+                         if isinstance(v, list) else "")
+def test_readme_example_output(argv, expected, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rc, out, err = main(capsys, *argv)
+    assert out + err == expected
+    assert rc == (1 if err else 0)
