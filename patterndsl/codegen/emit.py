@@ -1,0 +1,211 @@
+"""IR -> Triton source for the element predicate of a partial tile.
+
+The emitted text depends only on the *structure* of the expression: every value that
+depends on the call's ``n`` (resolved index sets and offsets, random tables) is read at
+run time from two small int32 tensors, ``PRM`` (scalars, loaded once per program into
+``_prm{i}``) and ``TAB`` (the random tables, packed), so one compiled kernel serves every
+length.  :func:`bind` walks the expression in exactly the same order as :func:`emit` and
+produces those values for a given :class:`~patterndsl.plan.context.Context`.
+
+What reaches the text: IR-derived names, validated Python ints (capped, see ``CAP``) and
+fixed operator spellings.  Never spec text.
+
+Conventions of the emitted code: the query positions are an int32 tensor ``[BLOCK_M, 1]``
+and the key positions ``[1, BLOCK_N]``, clamped to valid positions (padding slots are
+masked by the caller); the result is a boolean tensor that broadcasts to the tile.
+Triton's ``%`` and ``//`` truncate (C semantics), so the emitted formulas only divide
+non-negative numbers or compare a remainder with zero, which both conventions agree on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import ir
+from ..errors import PsparseUsageError
+
+# Positions and |q - k| stay below n <= CAP (the launcher checks it), so any window, size
+# or step at or above CAP behaves exactly like CAP, and CAP + position still fits int32.
+CAP = 1 << 30
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """The emitted predicate: ``setup`` runs once per program (parameter loads), ``body``
+    once per partial tile; ``result`` names the boolean tensor ``body`` leaves behind."""
+
+    setup: tuple[str, ...]
+    body: tuple[str, ...]
+    result: str
+    num_params: int
+    uses_doc: bool
+    uses_table: bool
+
+
+def _c(x: int) -> int:
+    """A validated argument as a literal: a plain int, capped (see CAP)."""
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise TypeError(f"expected a validated non-negative int, got {x!r}")
+    return min(x, CAP)
+
+
+class _Walker:
+    """One pass over the expression.  With ``ctx`` None only the text is produced;
+    with a context the parameter values and tables are produced too (same order)."""
+
+    def __init__(self, ctx=None):
+        self.ctx = ctx
+        self.body: list[str] = []
+        self.num_params = 0
+        self.params: list[int] = []
+        self.tables: list = []        # (offset, tensor) of the packed random tables
+        self.table_size = 0
+        self.uses_doc = False
+        self.uses_table = False
+        self._tmp = 0
+
+    # -- helpers ----------------------------------------------------------------
+    def tmp(self) -> str:
+        self._tmp += 1
+        return f"_e{self._tmp}"
+
+    def let(self, text: str) -> str:
+        name = self.tmp()
+        self.body.append(f"{name} = {text}")
+        return name
+
+    def param(self, value_fn) -> str:
+        i = self.num_params
+        self.num_params += 1
+        if self.ctx is not None:
+            v = int(value_fn())
+            if not -(1 << 31) <= v < (1 << 31):
+                raise PsparseUsageError("a resolved index or offset does not fit in int32")
+            self.params.append(v)
+        return f"_prm{i}"
+
+    def progressions(self, items: int, resolve) -> list[tuple[str, str, str]]:
+        """``items`` progression slots (start, stop, step) as parameter names; a slot that
+        resolves to nothing at this ``n`` is the empty progression (0, 0, 1)."""
+        progs = None
+        if self.ctx is not None:
+            progs = list(resolve())
+            if len(progs) > items:
+                raise AssertionError("an index item resolved to more than one progression")
+            progs += [(0, 0, 1)] * (items - len(progs))
+        out = []
+        for i in range(items):
+            out.append(tuple(self.param(lambda i=i, j=j: progs[i][j]) for j in range(3)))
+        return out
+
+    def member(self, x: str, progs) -> str:
+        if not progs:
+            return self.let(f"{x} < -1")
+        terms = [f"(({x} >= {s}) & ({x} < {e}) & ((({x} - {s}) % {t}) == 0))" for s, e, t in progs]
+        return self.let(" | ".join(terms))
+
+    # -- the walk -----------------------------------------------------------------
+    def node(self, e: ir.Expr, q: str, k: str, ctx) -> str:
+        if isinstance(e, (ir.Union, ir.Intersect)):
+            op = " | " if isinstance(e, ir.Union) else " & "
+            parts = [self.node(t, q, k, ctx) for t in e.terms]
+            return self.let(op.join(f"({p})" for p in parts))
+        if isinstance(e, ir.Difference):
+            a = self.node(e.left, q, k, ctx)
+            b = self.node(e.right, q, k, ctx)
+            return self.let(f"({a}) & ({b} == 0)")
+        if isinstance(e, ir.All):
+            return self.let(f"({q} >= 0) & ({k} >= 0)")
+        if isinstance(e, ir.Nothing):
+            return self.let(f"({q} < 0) & ({k} < 0)")
+        if isinstance(e, ir.Causal):
+            return self.let(f"{k} <= {q}")
+        if isinstance(e, ir.Local):
+            return self.let(f"({k} >= {q} - {_c(e.left)}) & ({k} <= {q} + {_c(e.right)})")
+        if isinstance(e, ir.Block):
+            b = _c(e.size)
+            return self.let(f"({q} // {b}) == ({k} // {b})")
+        if isinstance(e, ir.Stride):
+            return self.let(f"(({q} - {k}) % {_c(e.step)}) == 0")
+        if isinstance(e, ir.Dilated):
+            d = self.let(f"{q} - {k}")
+            wd = min(e.width * e.dilation, CAP)
+            return self.let(f"({d} <= {wd}) & ({d} >= -{wd}) & (({d} % {_c(e.dilation)}) == 0)")
+        if isinstance(e, ir.Every):
+            if e.step >= CAP:
+                return self.let(f"({k} == {_c(e.offset)}) & ({q} >= 0)")
+            return self.let(f"(({k} % {_c(e.step)}) == {_c(e.offset)}) & ({q} >= 0)")
+        if isinstance(e, (ir.Rows, ir.Cols, ir.Global)):
+            from ..plan.indexsets import resolve_index
+            progs = self.progressions(len(e.index.items), lambda: resolve_index(e.index, ctx.n))
+            if isinstance(e, ir.Rows):
+                return self.let(f"({self.member(q, progs)}) & ({k} >= 0)")
+            if isinstance(e, ir.Cols):
+                return self.let(f"({self.member(k, progs)}) & ({q} >= 0)")
+            return self.let(f"({self.member(q, progs)}) | ({self.member(k, progs)})")
+        if isinstance(e, ir.Sink):
+            return self.let(f"({k} < {_c(e.count)}) & ({q} >= 0)")
+        if isinstance(e, ir.Prefix):
+            p = _c(e.length)
+            return self.let(f"({q} < {p}) & ({k} < {p})")
+        if isinstance(e, ir.Slash):
+            from ..plan.indexsets import resolve_offsets
+            progs = self.progressions(
+                len(e.offsets.items),
+                lambda: resolve_offsets(e.offsets, -max(ctx.n - 1, 0), max(ctx.n, 1)))
+            d = self.let(f"{q} - {k}")
+            return self.member(d, progs)
+        if isinstance(e, ir.Document):
+            if ctx is not None and getattr(ctx, "inner_level", False):
+                raise PsparseUsageError("`document` cannot appear inside blockwise(...)")
+            self.uses_doc = True
+            dq = self.let(f"tl.load(DOC + doc_base + {q}.to(tl.int64) * doc_sn)")
+            dk = self.let(f"tl.load(DOC + doc_base + {k}.to(tl.int64) * doc_sn)")
+            return self.let(f"{dq} == {dk}")
+        if isinstance(e, ir.Random):
+            self.uses_table = True
+            table = None
+            if self.ctx is not None:
+                table = ctx.random_table(e)
+                offset = self.table_size
+                self.tables.append((offset, table))
+                self.table_size += int(table.numel())
+            off = self.param(lambda: offset)
+            width = self.param(lambda: table.shape[1])
+            b = _c(e.block)
+            qb = self.let(f"{q} // {b}")
+            kb = self.let(f"{k} // {b}")
+            hit = self.let(f"({qb} < 0) & ({kb} < 0)")
+            j = self.tmp()
+            self.body.append(f"for {j} in range(0, {width}):")
+            self.body.append(f"    {hit} = {hit} | (tl.load(TAB + {off} + {qb} * {width} + {j}) == {kb})")
+            return hit
+        if isinstance(e, ir.Blockwise):
+            b = _c(e.block)
+            qb = self.let(f"{q} // {b}")
+            kb = self.let(f"{k} // {b}")
+            inner = ctx.inner(e) if ctx is not None else None
+            return self.node(e.expr, qb, kb, inner)
+        if isinstance(e, ir.DYNAMIC_TYPES):
+            raise PsparseUsageError("data-dependent terms are planned per call (they need q and k)")
+        raise TypeError(f"not a pattern expression: {e!r}")
+
+
+def emit(expr: ir.Expr, q: str = "qc", k: str = "kc") -> Predicate:
+    """The predicate of ``expr`` over the position tensors named ``q`` and ``k``."""
+    w = _Walker()
+    result = w.node(expr, q, k, None)
+    setup = tuple(f"_prm{i} = tl.load(PRM + {i})" for i in range(w.num_params))
+    return Predicate(setup, tuple(w.body), result, w.num_params, w.uses_doc, w.uses_table)
+
+
+def bind(expr: ir.Expr, ctx):
+    """``(params, table)`` for ``expr`` at ``ctx``: a list of ints (one per ``_prm``) and
+    an int32 tensor holding the packed random tables (at least one element)."""
+    import torch
+    w = _Walker(ctx)
+    w.node(expr, "qc", "kc", ctx)
+    table = torch.full((max(w.table_size, 1),), -1, dtype=torch.int32)
+    for offset, t in w.tables:
+        table[offset:offset + t.numel()] = t.reshape(-1).to(torch.int32)
+    return w.params, table
+

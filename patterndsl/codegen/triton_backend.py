@@ -1,0 +1,302 @@
+"""Launchers of the generated Triton kernels, one part of a plan at a time.
+
+``forward_part`` and ``backward_part`` run one :class:`Part` (docs/PLAN.md): the query
+tiles of its ``q_view`` form the grid's first axis, batch x query head the second; each
+program walks its runs ``[kv_lo, kv_hi)`` of ``k_view`` tiles, skipping the element
+predicate on full runs.  The caller merges parts (log-sum-exp) and sums gradients.
+
+The backward pass is query-tile-major: each program owns the dQ rows of its tile and adds
+its dK/dV contributions with float32 ``tl.atomic_add``.  That is the same loop as the
+forward pass (so it needs nothing from the planner beyond the forward runs), it is exact in
+Triton's interpreter, and on a GPU it is correct at the price of atomic traffic and a
+non-deterministic summation order for dK/dV.
+
+Kernels are generated per canonical predicate (see :mod:`.render`), written to a cache
+directory and imported from there, because ``triton.jit`` reads its function's source from
+a real file.  ``interpret=True`` runs the very same kernel functions with Triton's
+interpreter, in this process, on CPU or GPU tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import ir
+from ..errors import PsparseUsageError
+from .emit import CAP, bind
+from .render import kernel_source
+
+_LOCK = threading.RLock()
+_MODULES: dict[str, object] = {}
+_INTERPRETED: dict[tuple[str, str], object] = {}
+_BOUND: OrderedDict = OrderedDict()
+_RUNS: OrderedDict = OrderedDict()
+_CACHE_LIMIT = 256
+
+
+def cache_dir() -> Path:
+    """``PSPARSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/psparse`` (``~/.cache/psparse``)."""
+    env = os.environ.get("PSPARSE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "psparse"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".tmp-", suffix=".py")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _materialise(name: str, src: str) -> Path:
+    """The file holding ``src`` in the cache; an entry with other content (corrupted,
+    truncated, or written by another version) is rewritten, never trusted."""
+    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    path = cache_dir() / "kernels" / f"{name}_{digest}.py"
+    try:
+        ok = path.read_text(encoding="utf-8") == src
+    except (OSError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        _write_atomic(path, src)
+    dump = os.environ.get("PSPARSE_DUMP_DIR")
+    if dump:
+        _write_atomic(Path(dump) / path.name, src)
+    return path
+
+
+def kernel_module(expr: ir.Expr):
+    """The imported module of ``expr``'s kernels (cached in-process)."""
+    name, src = kernel_source(ir.strip_spans(expr))
+    with _LOCK:
+        mod = _MODULES.get(name)
+        if mod is None:
+            path = _materialise(name, src)
+            modname = f"_psparse_kernels_{path.stem}"
+            spec = importlib.util.spec_from_file_location(modname, str(path))
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[modname] = mod
+            spec.loader.exec_module(mod)
+            _MODULES[name] = mod
+    return name, mod
+
+
+# The kernels call these non-builtin helpers of triton.language; Triton's interpreter can
+# only run them as interpreted functions, which triton.jit makes of them only when
+# TRITON_INTERPRET=1 was set before triton was imported.
+_STDLIB = ("max", "sum")
+
+
+@contextmanager
+def _interpreting():
+    """Let an interpreted kernel run in a process whose triton is in compiled mode: the
+    helpers above are swapped for interpreted wrappers of the same functions for the
+    duration of the launch (and restored even if it fails)."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    with _LOCK:
+        saved = {name: getattr(tl, name) for name in _STDLIB}
+        try:
+            for name, fn in saved.items():
+                if not isinstance(fn, InterpretedFunction):
+                    setattr(tl, name, InterpretedFunction(fn.fn))
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(tl, name, fn)
+
+
+def _launch(fn, grid, interpret, args, kwargs):
+    if interpret:
+        with _interpreting():
+            fn[grid](*args, **kwargs)
+    else:
+        fn[grid](*args, **kwargs)
+
+
+def _kernel(expr: ir.Expr, which: str, interpret: bool):
+    name, mod = kernel_module(expr)
+    fn = getattr(mod, f"{name}_{which}")
+    if not interpret:
+        return fn
+    with _LOCK:
+        key = (name, which)
+        if key not in _INTERPRETED:
+            from triton.runtime.interpreter import InterpretedFunction
+            # Under TRITON_INTERPRET=1 triton.jit already returned an interpreted function.
+            _INTERPRETED[key] = fn if isinstance(fn, InterpretedFunction) else InterpretedFunction(fn.fn)
+        return _INTERPRETED[key]
+
+
+def _remember(cache: OrderedDict, key, make):
+    with _LOCK:
+        hit = cache.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], key[1])):
+            cache.move_to_end(key)
+            return hit[1]
+    value = make()
+    with _LOCK:
+        cache[key] = (key[1], value)
+        while len(cache) > _CACHE_LIMIT:
+            cache.popitem(last=False)
+    return value
+
+
+def _bound(expr, ctx, device):
+    """Parameters and tables of ``expr`` at ``ctx`` on ``device`` (cached per context)."""
+    import torch
+
+    def make():
+        params, table = bind(expr, ctx)
+        prm = torch.tensor(params or [0], dtype=torch.int32)
+        return prm.to(device), table.to(device)
+    return _remember(_BOUND, (expr, (ctx,), str(device)), make)
+
+
+def _runs(part, device):
+    import torch
+
+    def make():
+        lo = part.kv_lo.to(device=device, dtype=torch.int32).contiguous()
+        hi = part.kv_hi.to(device=device, dtype=torch.int32).contiguous()
+        full = part.kv_full.to(device=device, dtype=torch.int32).contiguous()
+        has_partial = bool(((part.kv_full == 0) & (part.kv_hi > part.kv_lo)).any())
+        return lo, hi, full, has_partial
+    return _remember(_RUNS, (id(part), (part.kv_lo, part.kv_hi, part.kv_full), str(device)), make)
+
+
+def _pow2(x: int) -> int:
+    return max(16, 1 << (max(x, 1) - 1).bit_length())
+
+
+def _check(part, plan, q, k, v, kv_lens, doc_ids):
+    import torch
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise PsparseUsageError("q, k and v must be 4-D: [batch, heads, length, head_dim]")
+    B, Hq, Nq, D = q.shape
+    Bk, Hkv, Nk, Dk = k.shape
+    if k.shape[:3] != v.shape[:3] or Bk != B or Dk != D:
+        raise PsparseUsageError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Hkv == 0 or Hq % Hkv:
+        raise PsparseUsageError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise PsparseUsageError("q, k, v must share one dtype: float16, bfloat16 or float32")
+    if not 1 <= D <= 256 or not 1 <= v.shape[-1] <= 256:
+        raise PsparseUsageError("head dims up to 256 are supported")
+    if Nq != plan.nq or Nk < plan.n:
+        raise PsparseUsageError(f"the plan is for {plan.nq} queries over {plan.n} keys; got {Nq} and {Nk}")
+    if plan.n > CAP:
+        raise PsparseUsageError(f"sequences longer than {CAP} positions are not supported")
+    if kv_lens is not None and tuple(kv_lens.shape) != (B,):
+        raise PsparseUsageError(f"kv_lens must have shape [{B}]")
+    if part.predicate.needs_doc_ids:
+        if doc_ids is None:
+            raise PsparseUsageError("this pattern uses `document`: pass doc_ids")
+        if doc_ids.dim() not in (1, 2) or doc_ids.shape[-1] < plan.n or (doc_ids.dim() == 2 and doc_ids.shape[0] not in (1, B)):
+            raise PsparseUsageError(f"doc_ids must have shape [n] or [batch, n] (n = {plan.n})")
+
+
+def _common(part, plan, q, k, kv_lens, doc_ids):
+    import torch
+    device = q.device
+    if doc_ids is None and part.predicate.needs_doc_ids:
+        doc_ids = plan.context.doc_ids
+    _check(part, plan, q, k, k, kv_lens, doc_ids)
+    prm, tab = _bound(part.predicate, plan.context, device)
+    dummy = prm
+    if doc_ids is not None and part.predicate.needs_doc_ids:
+        doc = doc_ids.to(device)
+        doc_sb = doc.stride(0) if doc.dim() == 2 and doc.shape[0] > 1 else 0
+        doc_sn = doc.stride(-1)
+    else:
+        doc, doc_sb, doc_sn = dummy, 0, 0
+    kvl = kv_lens.to(device=device, dtype=torch.int32) if kv_lens is not None else dummy
+    lo, hi, full, has_partial = _runs(part, device)
+    qv, kv = part.q_view, part.k_view
+    views = (qv.period, qv.start, qv.stop, qv.class_tiles, kv.period, kv.start, kv.stop, kv.class_tiles)
+    return dict(prm=prm, tab=tab, doc=doc, doc_sb=doc_sb, doc_sn=doc_sn, kvl=kvl, lo=lo, hi=hi,
+                full=full, has_partial=has_partial, views=views, S=int(part.kv_lo.shape[1]))
+
+
+def _prec(q) -> str:
+    import torch
+    # float32 stays float32 (no TF32) so results match the float64 reference tightly
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, interpret=False):
+    """``(out_p, lse_p)`` of one part: float32 ``[B, Hq, Nq, Dv]`` and ``[B, Hq, Nq]``;
+    rows with no allowed key in this part get 0 and ``-inf``."""
+    import torch
+    c = _common(part, plan, q, k, kv_lens, doc_ids)
+    B, Hq, Nq, D = q.shape
+    Hkv, Dv = k.shape[1], v.shape[-1]
+    out = torch.zeros((B, Hq, Nq, Dv), dtype=torch.float32, device=q.device)
+    lse = torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=q.device)
+    grid = (part.q_view.num_tiles, B * Hq)
+    if grid[0] == 0 or grid[1] == 0 or c["S"] == 0:
+        return out, lse
+    fn = _kernel(part.predicate, "fwd", interpret)
+    _launch(fn, grid, interpret, (
+        q, k, v, out, lse, c["prm"], c["tab"], c["doc"], c["kvl"], c["lo"], c["hi"], c["full"],
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), c["doc_sb"], c["doc_sn"],
+        Hq, Hq // Hkv, D, Dv, plan.q_offset, *c["views"],
+        float(scale) * 1.4426950408889634,
+    ), dict(
+        S=c["S"], BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block,
+        BLOCK_D=_pow2(D), BLOCK_DV=_pow2(Dv),
+        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], DOT_PREC=_prec(q),
+    ))
+    return out, lse
+
+
+def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, doc_ids=None,
+                  interpret=False):
+    """``(dq, dk, dv)`` float32 contributions of one part, given the final (merged) ``out``
+    and natural-log ``lse``; rows with ``lse = -inf`` get zero gradient."""
+    import torch
+    c = _common(part, plan, q, k, kv_lens, doc_ids)
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    if tuple(dout.shape) != (B, Hq, Nq, Dv) or tuple(out.shape) != (B, Hq, Nq, Dv) or tuple(lse.shape) != (B, Hq, Nq):
+        raise PsparseUsageError("out, lse and dout must match the forward shapes")
+    dq = torch.zeros((B, Hq, Nq, D), dtype=torch.float32, device=q.device)
+    dk = torch.zeros((B, Hkv, Nk, D), dtype=torch.float32, device=q.device)
+    dv = torch.zeros((B, Hkv, Nk, Dv), dtype=torch.float32, device=q.device)
+    grid = (part.q_view.num_tiles, B * Hq)
+    if grid[0] == 0 or grid[1] == 0 or c["S"] == 0:
+        return dq, dk, dv
+    lse32 = lse.to(torch.float32).contiguous()
+    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1).contiguous()
+    do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
+    fn = _kernel(part.predicate, "bwd", interpret)
+    _launch(fn, grid, interpret, (
+        q, k, v, do, lse32, delta, dq, dk, dv, c["prm"], c["tab"], c["doc"], c["kvl"],
+        c["lo"], c["hi"], c["full"],
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse32.stride(),
+        *dq.stride(), *dk.stride(), *dv.stride(), c["doc_sb"], c["doc_sn"],
+        Hq, Hq // Hkv, D, Dv, plan.q_offset, *c["views"],
+        float(scale) * 1.4426950408889634, float(scale),
+    ), dict(
+        S=c["S"], BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block,
+        BLOCK_D=_pow2(D), BLOCK_DV=_pow2(Dv),
+        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], DOT_PREC=_prec(q),
+    ))
+    return dq, dk, dv
