@@ -44,7 +44,9 @@ def _selector_key(sel: ir.Selector | None):
 
 
 def _rule_key(r: ir.Rule):
-    return (r.specificity, _selector_key(r.layers), _selector_key(r.heads))
+    # By where the selectors start (layers, then heads); the rest of them only breaks ties.
+    starts = tuple(s.start for s in (r.layers, r.heads) if s is not None)
+    return (r.specificity, starts, _selector_key(r.layers), _selector_key(r.heads))
 
 
 def canonicalize(program: ir.Program) -> ir.Program:
