@@ -126,6 +126,9 @@ def _doc_ids(s: str) -> list[int]:
 
 # Rows of the mask computed at once when walking a long mask for the block view.
 CHUNK_ELEMENTS = 1 << 22
+# Beyond these, a drawing would take minutes or more memory than the machine has.
+MAX_PAIRS = 1 << 32
+MAX_DRAWN_BLOCKS = 512
 
 
 def _add_show(sub) -> argparse.ArgumentParser:
@@ -182,6 +185,12 @@ def _show_n(args, parser) -> int:
             parser.error(f"{name} gives {v} positions but {name0} gives {n}")
     if args.nq is not None and args.nq > n:
         parser.error(f"--nq {args.nq} is more query rows than the {n} positions")
+    if args.block is not None and -(-n // args.block) > MAX_DRAWN_BLOCKS:
+        parser.error(f"--block {args.block} makes {-(-n // args.block)} columns of blocks; "
+                     f"at most {MAX_DRAWN_BLOCKS} can be drawn, so use a larger --block")
+    if n * (args.nq or n) > MAX_PAIRS:
+        parser.error(f"{n} x {args.nq or n} pairs is more than psparse show evaluates "
+                     f"({MAX_PAIRS:,}); draw fewer query rows with --nq")
     args.token_list = tokens
     return n
 
@@ -220,8 +229,7 @@ def _run_show(args, parser, out) -> int:
         raise PsparseUsageError("this pattern uses 'document': give the document of every "
                                 "position with --doc-ids, e.g. --doc-ids 0,0,0,1,1")
 
-    import torch
-
+    torch = _import_torch()
     single = ir.Program((ir.Rule(expr),))
     drawn = Spec(source.text, single, single)
     nq = args.nq or n
@@ -240,7 +248,8 @@ def _run_show(args, parser, out) -> int:
         out.write(show.render_grid(rows, q_start=q_start, tokens=args.token_list,
                                    doc_ids=args.doc_ids, ascii_only=ascii_only, title=title))
         if args.png:
-            pic = show.write_png_grid(args.png, rows, q_start=q_start, tokens=args.token_list)
+            pic = _write_png(args.png, show.write_png_grid, rows, q_start=q_start,
+                             tokens=args.token_list)
             out.write(f"\nwrote {args.png} ({pic.width} x {pic.height} pixels)\n")
         return EXIT_OK
 
@@ -262,9 +271,26 @@ def _run_show(args, parser, out) -> int:
         rsz, csz = show.block_totals(n, q_start, png_block)
         totals = torch.tensor(rsz, dtype=torch.float64)[:, None] * torch.tensor(
             csz, dtype=torch.float64)[None, :]
-        pic = show.write_png_density(args.png, png_acc.to(torch.float64) / totals)
+        pic = _write_png(args.png, show.write_png_density, png_acc.to(torch.float64) / totals)
         out.write(f"\nwrote {args.png} ({pic.width} x {pic.height} pixels)\n")
     return EXIT_OK
+
+
+def _import_torch():
+    # torch warns on import when NumPy is missing; psparse never uses NumPy, and the warning
+    # would otherwise be the first thing a new user sees above the drawing.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+        import torch
+    return torch
+
+
+def _write_png(path, writer, *a, **kw):
+    try:
+        return writer(path, *a, **kw)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _block_columns(out) -> int:
@@ -281,7 +307,7 @@ def _block_columns(out) -> int:
 
 
 def _zeros(n: int, q_start: int, block: int):
-    import torch
+    torch = _import_torch()
     return torch.zeros(((n - 1) // block - q_start // block + 1, -(-n // block)),
                        dtype=torch.int64)
 

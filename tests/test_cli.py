@@ -80,6 +80,8 @@ def test_import_is_light():
     (("show", "local(2)", "-n", "3", "--doc-ids", "0,x"), "document ids are integers"),
     (("show", "local(2)", "-n", "3", "--bogus"), "unrecognized arguments"),
     (("dump", "local(2)", "--stage", "nope"), "invalid choice"),
+    (("show", "local(2)", "-n", "100000", "--block", "1"), "use a larger --block"),
+    (("show", "local(2)", "-n", "1000000"), "draw fewer query rows with --nq"),
 ])
 def test_usage_errors_exit_2(capsys, args, message):
     rc, out, err = main(capsys, *args)
@@ -335,6 +337,14 @@ def test_show_png(tmp_path, capsys):
     from patterndsl.show import INK, PAPER
     assert img.getpixel((1, img.height - 2)) == INK
     assert img.getpixel((img.width - 2, 1)) == PAPER
+
+
+def test_show_png_unwritable_path(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    target = tmp_path / "no" / "such" / "folder" / "m.png"
+    rc, out, err = main(capsys, "show", "causal", "-n", "4", "--png", str(target))
+    assert rc == 1
+    assert err.startswith(f"psparse: error: cannot write {target}: ")
 
 
 def test_show_png_without_pillow(tmp_path, capsys, monkeypatch):
