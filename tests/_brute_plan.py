@@ -62,8 +62,10 @@ class Plan:
 
 
 def part_mask(pred, n, nq, q_offset, doc_ids):
-    m = expr_mask(pred, n, nq=nq, q_offset=q_offset, doc_ids=doc_ids)
-    return m.reshape(-1, nq, n).any(0)  # union over batch rows of doc_ids
+    """(pairs some batch row allows, pairs every batch row allows): the runs must cover
+    the first, and only the second may be marked full."""
+    m = expr_mask(pred, n, nq=nq, q_offset=q_offset, doc_ids=doc_ids).reshape(-1, nq, n)
+    return m.any(0), m.all(0)
 
 
 def build(parts, n, nq=None, q_offset=None, doc_ids=None):
@@ -71,7 +73,7 @@ def build(parts, n, nq=None, q_offset=None, doc_ids=None):
     q_offset = n - nq if q_offset is None else q_offset
     out = []
     for pred, qp, kp, bm, bn in parts:
-        mask = part_mask(pred, n, nq, q_offset, doc_ids)  # [nq, n] over rows q - q_offset
+        mask, every = part_mask(pred, n, nq, q_offset, doc_ids)  # [nq, n], rows q - q_offset
         qv, kv = View(qp, q_offset, q_offset + nq, bm), View(kp, 0, n, bn)
         qpos, kpos = qv.positions(), kv.positions()
         tq, tk = qv.num_tiles, kv.num_tiles
@@ -88,7 +90,7 @@ def build(parts, n, nq=None, q_offset=None, doc_ids=None):
                 sub = mask[rows][:, cols]
                 if not bool(sub.any()):
                     continue
-                full = bool(sub.all())
+                full = bool(every[rows][:, cols].all())
                 if cur and cur[-1][1] == j and cur[-1][2] == full:
                     cur[-1][1] = j + 1
                 else:
