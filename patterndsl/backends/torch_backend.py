@@ -21,28 +21,37 @@ from ..plan.predicate import tile_mask
 
 # Budget (bytes) for one chunk's float32 score tensor.  The forward pass holds about two
 # tensors of this size, the backward pass about four.
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20
 
 _NEG_INF = float("-inf")
 
 
-def _groups(part):
-    """``[(s, length, full, tiles)]``: for each run index ``s``, the query tiles whose run
-    ``s`` is non-empty, split by the run's length (in key tiles) and fullness."""
+def _jobs(part):
+    """Group the query tiles of ``part`` by how many key tiles they visit.
+
+    Yields ``(tiles, ktiles, partial)``: ``tiles`` int64 ``[G]``, ``ktiles`` int64 ``[G, W]``
+    the key tiles each visits (its runs concatenated, the runs that need the predicate
+    first), ``partial`` the number of leading key tiles that need it.  Key order does not
+    matter to a softmax, so a tile's runs become one block of keys."""
     lo = part.kv_lo.to(torch.int64).cpu()
     hi = part.kv_hi.to(torch.int64).cpu()
-    full = part.kv_full.cpu()
-    out = []
-    for s in range(lo.shape[1]):
-        length = hi[:, s] - lo[:, s]
-        key = length * 2 + full[:, s].to(torch.int64)
-        nonempty = length > 0
-        if not bool(nonempty.any()):
-            continue
-        for kv in torch.unique(key[nonempty]).tolist():
-            tiles = torch.nonzero(key == kv).flatten()
-            out.append((s, kv // 2, bool(kv % 2), tiles))
-    return out, lo
+    full = part.kv_full.cpu().to(torch.bool)
+    ln = (hi - lo).clamp(min=0)
+    order = torch.argsort(full.to(torch.int64), dim=1, stable=True)
+    lo, ln, full = lo.gather(1, order), ln.gather(1, order), full.gather(1, order)
+    n_part = (ln * ~full).sum(1)
+    n_full = (ln * full).sum(1)
+    width = n_part + n_full
+    key = n_part * (int(width.max()) + 1 if width.numel() else 1) + n_full
+    for kv in torch.unique(key[width > 0]).tolist():
+        tiles = torch.nonzero(key == kv).flatten()
+        W = int(width[tiles[0]])
+        cum = torch.cumsum(ln[tiles], 1)
+        j = torch.arange(W, dtype=torch.int64).expand(tiles.numel(), W).contiguous()
+        run = torch.searchsorted(cum, j, right=True)
+        first = (cum - ln[tiles]).gather(1, run)
+        ktiles = lo[tiles].gather(1, run) + (j - first)
+        yield tiles, ktiles, int(n_part[tiles[0]])
 
 
 class _Walk:
@@ -61,50 +70,58 @@ class _Walk:
         self.qpos = qpos.view(self.num_q_tiles, self.bm)  # cpu
         self.kpos = part.k_view.positions().to(torch.int64)  # cpu, [k tiles * bn]
         self.kv_lens = None if kv_lens is None else kv_lens.to(self.device, torch.int64)
-        self.groups, self.lo = _groups(part)
         self.chunk_bytes = chunk_bytes
 
-    def chunks(self, per_score_row: int):
-        """Yield ``(length, full, tiles, starts)`` chunks whose score tensor fits the budget."""
-        for s, length, full, tiles in self.groups:
-            width = length * self.bn
-            per_tile = max(1, self.B * self.Hq * self.bm * width * 4 * per_score_row)
-            step = max(1, self.chunk_bytes // per_tile)
+    def chunks(self, factor: int):
+        """Yield ``(tiles, ktiles, partial, fresh)``: at most ``chunk_bytes / factor`` bytes of
+        float32 scores each; a tile whose keys alone exceed that is cut into key segments
+        (``fresh`` is False for the later ones: they merge into the earlier result)."""
+        bn = self.bn
+        per_key_tile = max(1, self.B * self.Hq * self.bm * bn * 4 * factor)
+        for tiles, ktiles, partial in _jobs(self.part):
+            W = ktiles.shape[1]
+            seg = min(W, max(1, self.chunk_bytes // per_key_tile))
+            step = max(1, self.chunk_bytes // (per_key_tile * seg))
             for c in range(0, tiles.numel(), step):
-                t = tiles[c:c + step]
-                yield length, full, t, self.lo[t, s]
+                for s0 in range(0, W, seg):
+                    s1 = min(W, s0 + seg)
+                    yield (tiles[c:c + step], ktiles[c:c + step, s0:s1],
+                           max(0, min(s1, partial) - s0), s0 == 0)
 
     def rows_of(self, tiles):
-        """(query positions [G, bm] on cpu, output rows [G*bm] on the device, -1 padding kept
-        in positions and clamped to row 0 in rows)."""
+        """(query positions [G, bm] on cpu, row-and-head indices [G*bm*g] into the
+        ``[Nq * g]`` axis of :func:`_layout_q`'s layout; padding clamped to row 0)."""
         qp = self.qpos[tiles]
-        rows = (qp - self.q_offset).clamp(min=0).reshape(-1).to(self.device)
-        return qp, rows
+        rows = (qp - self.q_offset).clamp(min=0).reshape(-1)
+        grow = (rows.unsqueeze(1) * self.g + torch.arange(self.g)).reshape(-1)
+        return qp, grow.to(self.device)
 
-    def keys_of(self, starts, length):
-        """(key positions [G, L*bn] on cpu, key indices [G*L*bn] on the device)."""
-        width = length * self.bn
-        slots = starts.unsqueeze(1) * self.bn + torch.arange(width, dtype=torch.int64)
+    def keys_of(self, ktiles):
+        """(key positions [G, W*bn] on cpu, key indices [G*W*bn] on the device)."""
+        slots = (ktiles.unsqueeze(-1) * self.bn + torch.arange(self.bn)).reshape(ktiles.shape[0], -1)
         kp = self.kpos[slots]
         return kp, kp.clamp(min=0).reshape(-1).to(self.device)
 
-    def mask(self, qp, kp, full):
-        """Boolean ``[B or 1, 1, G, bm, 1, L*bn]`` of allowed pairs, or None when all are.
-
-        Padding query slots are left unmasked (their rows are never written; the backward pass
-        zeroes them through the log-sum-exp)."""
-        m = None
-        if not full:
-            m = tile_mask(self.part.predicate, qp.clamp(min=0), kp, self.plan.context)
-        elif bool((kp < 0).any()):
-            m = (kp >= 0).unsqueeze(1).expand(kp.shape[0], qp.shape[1], kp.shape[1])
-        if m is not None:
-            m = m.to(self.device)[None, None, :, :, None, :]
+    def apply_mask(self, s, qp, kp, partial):
+        """Set disallowed scores of ``s`` ``[B, Hkv, G, bm*g, W*bn]`` to -inf: the predicate
+        on the first ``partial`` key tiles, padding keys and ``kv_lens`` everywhere.  Padding
+        query slots are left alone (their rows are never written; the backward pass zeroes
+        them through the log-sum-exp)."""
+        G, width = kp.shape
+        s6 = s.view(self.B, self.Hkv, G, self.bm, self.g, width)
+        wp = partial * self.bn
+        if wp:
+            m = tile_mask(self.part.predicate, qp.clamp(min=0), kp[:, :wp], self.plan.context)
+            s6[..., :wp].masked_fill_(~m.to(self.device)[None, None, :, :, None, :], _NEG_INF)
+        if wp < width:
+            rest = kp[:, wp:]
+            if bool((rest < 0).any()):
+                s6[..., wp:].masked_fill_((rest < 0).to(self.device)[None, None, :, None, None, :],
+                                          _NEG_INF)
         if self.kv_lens is not None:
             kd = kp.to(self.device)
-            lens = (kd.unsqueeze(0) < self.kv_lens.view(-1, 1, 1))[:, None, :, None, None, :]
-            m = lens if m is None else (m & lens)
-        return m
+            beyond = kd.unsqueeze(0) >= self.kv_lens.view(-1, 1, 1)          # [B, G, W*bn]
+            s6.masked_fill_(beyond[:, None, :, None, None, :], _NEG_INF)
 
 
 def _layout_q(x, Hkv):
@@ -121,19 +138,11 @@ def _unlayout_q(x, Hq):
     return x.permute(0, 1, 3, 2, 4).reshape(B, Hq, N, E)
 
 
-def _scores(w, qf, kf, rows, kidx, G, width, scale):
-    """``scale * Q K^T`` for a chunk: ``[B, Hkv, G, bm*g, L*bn]`` and the gathered blocks."""
-    B, Hkv = w.B, w.Hkv
-    qc = qf.index_select(2, rows).view(B, Hkv, G, w.bm * w.g, w.D)
-    kc = kf.index_select(2, kidx).view(B, Hkv, G, width, w.D)
-    s = torch.matmul(qc, kc.transpose(-1, -2))
-    s.mul_(scale)
-    return qc, kc, s
-
-
-def _apply_mask(w, s, m, G, width):
-    if m is not None:
-        s.view(w.B, w.Hkv, G, w.bm, w.g, width).masked_fill_(~m, _NEG_INF)
+def _gather(w, qf, kf, grow, kidx, G, width):
+    """The chunk's queries ``[B, Hkv, G, bm*g, D]`` and keys ``[B, Hkv, G, W*bn, D]``."""
+    qc = qf.index_select(2, grow).view(w.B, w.Hkv, G, w.bm * w.g, w.D)
+    kc = kf.index_select(2, kidx).view(w.B, w.Hkv, G, width, w.D)
+    return qc, kc
 
 
 def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
@@ -149,43 +158,50 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
     w = _Walk(part, plan, q, k, kv_lens, chunk_bytes)
     B, Hkv, g, bm, Dv = w.B, w.Hkv, w.g, w.bm, v.shape[3]
     T = w.num_q_tiles
-    qf = _layout_q(q, Hkv)                     # [B, Hkv, Nq, g, D]
-    qf = qf.view(B, Hkv, w.Nq * g, w.D) if w.Nq else qf.view(B, Hkv, 0, w.D)
+    # The scale is folded into the queries once instead of into every score.
+    qf = (_layout_q(q, Hkv) * scale).view(B, Hkv, w.Nq * g, w.D)
     kf = k.to(torch.float32)
     vf = v.to(torch.float32)
     dev = q.device
     M = torch.full((B, Hkv, T, bm * g), _NEG_INF, dtype=torch.float32, device=dev)
     L = torch.zeros((B, Hkv, T, bm * g), dtype=torch.float32, device=dev)
     A = torch.zeros((B, Hkv, T, bm * g, Dv), dtype=torch.float32, device=dev)
-    for length, full, tiles, starts in w.chunks(per_score_row=2):
-        G, width = tiles.numel(), length * w.bn
-        qp, rows = w.rows_of(tiles)
-        kp, kidx = w.keys_of(starts, length)
-        # rows index [B, Hkv, Nq*g, D]: expand each row into its g query heads
-        grow = (rows.unsqueeze(1) * g + torch.arange(g, device=dev)).reshape(-1)
-        _, _, s = _scores(w, qf, kf, grow, kidx, G, width, scale)
-        _apply_mask(w, s, w.mask(qp, kp, full), G, width)
-        m = s.amax(-1)                                          # [B, Hkv, G, bm*g]
+    for tiles, ktiles, partial, fresh in w.chunks(factor=2):
+        G = tiles.numel()
+        qp, grow = w.rows_of(tiles)
+        kp, kidx = w.keys_of(ktiles)
+        width = kp.shape[1]
+        qc, kc = _gather(w, qf, kf, grow, kidx, G, width)
+        s = torch.matmul(qc, kc.transpose(-1, -2))                 # [B, Hkv, G, bm*g, width]
+        del qc, kc
+        w.apply_mask(s, qp, kp, partial)
+        m = s.amax(-1)                                             # [B, Hkv, G, bm*g]
         m_safe = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
         s.sub_(m_safe.unsqueeze(-1)).exp_()
         l_c = s.sum(-1)
         vc = vf.index_select(2, kidx).view(B, Hkv, G, width, Dv)
-        a_c = torch.matmul(s, vc)                               # [B, Hkv, G, bm*g, Dv]
-        del s
+        a_c = torch.matmul(s, vc)                                  # [B, Hkv, G, bm*g, Dv]
+        del s, vc
         td = tiles.to(dev)
+        if fresh:
+            # rows with nothing allowed keep m = -inf and l = 0
+            M.index_copy_(2, td, m)
+            L.index_copy_(2, td, l_c)
+            A.index_copy_(2, td, a_c)
+            continue
         m_old = M.index_select(2, td)
         m_new = torch.maximum(m_old, m)
         ref = torch.where(m_new == _NEG_INF, torch.zeros_like(m_new), m_new)
         # exp(-inf - ref) = 0 for a side that has seen nothing yet, so empty rows stay 0.
         f_old = torch.exp(m_old - ref)
         f_new = torch.exp(m - ref)
-        M[:, :, td] = m_new
-        L[:, :, td] = L.index_select(2, td) * f_old + l_c * f_new
-        A[:, :, td] = A.index_select(2, td) * f_old.unsqueeze(-1) + a_c * f_new.unsqueeze(-1)
+        M.index_copy_(2, td, m_new)
+        L.index_copy_(2, td, L.index_select(2, td) * f_old + l_c * f_new)
+        A.index_copy_(2, td, A.index_select(2, td) * f_old.unsqueeze(-1) + a_c * f_new.unsqueeze(-1))
     has = L > 0
     lse_slots = torch.where(has, M + torch.log(torch.where(has, L, torch.ones_like(L))),
                             torch.full_like(M, _NEG_INF))
-    out_slots = A / torch.where(has, L, torch.ones_like(L)).unsqueeze(-1)
+    out_slots = A.div_(torch.where(has, L, torch.ones_like(L)).unsqueeze(-1))
     # slots -> rows: [B, Hkv, T, bm, g] -> [B, Hq, T*bm]
     lse_slots = lse_slots.view(B, Hkv, T, bm, g).permute(0, 1, 4, 2, 3).reshape(B, w.Hq, T * bm)
     out_slots = out_slots.view(B, Hkv, T, bm, g, Dv).permute(0, 1, 4, 2, 3, 5).reshape(
@@ -196,8 +212,8 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
     valid = valid.to(dev)
     out_p = torch.zeros((B, w.Hq, w.Nq, Dv), dtype=torch.float32, device=dev)
     lse_p = torch.full((B, w.Hq, w.Nq), _NEG_INF, dtype=torch.float32, device=dev)
-    out_p[:, :, rows] = out_slots[:, :, valid]
-    lse_p[:, :, rows] = lse_slots[:, :, valid]
+    out_p.index_copy_(2, rows, out_slots.index_select(2, valid))
+    lse_p.index_copy_(2, rows, lse_slots.index_select(2, valid))
     return out_p, lse_p
 
 
@@ -212,7 +228,7 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     w = _Walk(part, plan, q, k, kv_lens, chunk_bytes)
     B, Hkv, g, bm, D, Dv = w.B, w.Hkv, w.g, w.bm, w.D, v.shape[3]
     dev = q.device
-    qf = _layout_q(q, Hkv).view(B, Hkv, w.Nq * g, D)
+    qf = (_layout_q(q, Hkv) * scale).view(B, Hkv, w.Nq * g, D)
     dof = _layout_q(dout, Hkv).view(B, Hkv, w.Nq * g, Dv)
     delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
     if dlse is not None:
@@ -228,13 +244,14 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     dk = torch.zeros((B, Hkv, w.Nk, D), dtype=torch.float32, device=dev)
     dv = torch.zeros((B, Hkv, w.Nk, Dv), dtype=torch.float32, device=dev)
     inf = float("inf")
-    for length, full, tiles, starts in w.chunks(per_score_row=4):
-        G, width = tiles.numel(), length * w.bn
-        qp, rows = w.rows_of(tiles)
-        kp, kidx = w.keys_of(starts, length)
-        grow = (rows.unsqueeze(1) * g + torch.arange(g, device=dev)).reshape(-1)
-        qc, kc, s = _scores(w, qf, kf, grow, kidx, G, width, scale)
-        _apply_mask(w, s, w.mask(qp, kp, full), G, width)
+    for tiles, ktiles, partial, _ in w.chunks(factor=4):
+        G = tiles.numel()
+        qp, grow = w.rows_of(tiles)
+        kp, kidx = w.keys_of(ktiles)
+        width = kp.shape[1]
+        qc, kc = _gather(w, qf, kf, grow, kidx, G, width)
+        s = torch.matmul(qc, kc.transpose(-1, -2))
+        w.apply_mask(s, qp, kp, partial)
         lrow = lse_eff.index_select(2, grow).view(B, Hkv, G, bm, g)
         pad = (qp < 0).to(dev)[None, None, :, :, None]
         lrow = lrow.masked_fill(pad, inf).view(B, Hkv, G, bm * g)
@@ -243,15 +260,16 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
         vc = vf.index_select(2, kidx).view(B, Hkv, G, width, Dv)
         dv_c = torch.matmul(p.transpose(-1, -2), doc)            # [B, Hkv, G, width, Dv]
         dp = torch.matmul(doc, vc.transpose(-1, -2))
+        del vc, doc
         dp.sub_(delta.index_select(2, grow).view(B, Hkv, G, bm * g).unsqueeze(-1))
         ds = dp.mul_(p)
         del p
-        ds.mul_(scale)
         dq_c = torch.matmul(ds, kc)                               # [B, Hkv, G, bm*g, D]
         dk_c = torch.matmul(ds.transpose(-1, -2), qc)             # [B, Hkv, G, width, D]
         del ds
         dq.index_add_(2, grow, dq_c.view(B, Hkv, G * bm * g, D))
         dk.index_add_(2, kidx, dk_c.view(B, Hkv, G * width, D))
         dv.index_add_(2, kidx, dv_c.view(B, Hkv, G * width, Dv))
-    dq = _unlayout_q(dq.view(B, Hkv, w.Nq, g, D), w.Hq)
+    # dS carried no scale: dq = scale * dS K; dk = dS^T (scale * Q) is already scaled.
+    dq = _unlayout_q(dq.mul_(scale).view(B, Hkv, w.Nq, g, D), w.Hq)
     return dq, dk, dv
