@@ -74,7 +74,8 @@ def test_installed_psparse_runs_from_elsewhere(installed, tmp_path):
     assert script.exists()
     r = _run([str(script), "show", "local(2)", "-n", "4"], cwd=elsewhere, env=env)
     assert r.returncode == 0, r.stderr
-    rows = [line.split()[1:] for line in r.stdout.splitlines() if line[:3].strip().isdigit()]
+    rows = [line.split()[1:] for line in r.stdout.splitlines()
+            if line[:3].strip().isdigit() and line.rstrip()[-1] in "■·"]
     # local(2) at n = 4: every pair but (0, 3) and (3, 0).
     assert rows == [["■", "■", "■", "·"], ["■", "■", "■", "■"],
                     ["■", "■", "■", "■"], ["·", "■", "■", "■"]]
