@@ -439,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return command.run(args, subparsers[args.command], out)
     except PsparseError as e:
         where = _where(args)
-        print(prefix + (f"{where}: " if where else "") + str(e), file=sys.stderr)
+        print(prefix + (f"{where}: " if where else "") + str(e) + _not_a_file_note(args),
+              file=sys.stderr)
         return EXIT_SPEC
     except CliError as e:
         print(prefix + str(e), file=sys.stderr)
@@ -472,6 +473,16 @@ def _where(args) -> str | None:
     if spec is None or spec == "-" or "\n" in spec:
         return "<stdin>" if spec == "-" else None
     return spec if (spec.endswith(".psp") or os.path.isfile(spec)) else None
+
+
+def _not_a_file_note(args) -> str:
+    """A hint when SPEC was read as spec text but was probably meant as a file name."""
+    import re
+    spec = getattr(args, "spec", None)
+    if (spec and spec != "-" and "\n" not in spec and not os.path.exists(spec)
+            and re.fullmatch(r"[\w./\\~-]*([/\\]|\.[A-Za-z]\w*$)[\w./\\~-]*", spec)):
+        return f"\n(read as spec text: there is no file named {spec!r})"
+    return ""
 
 
 def _one_line(e: BaseException) -> str:

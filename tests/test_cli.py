@@ -123,6 +123,15 @@ def test_missing_psp_file_is_a_clear_error(capsys, tmp_path):
     assert err.strip() == f"psparse: error: no such spec file: {tmp_path / 'nothere.psp'}"
 
 
+def test_path_like_spec_that_is_not_a_file_gets_a_note(capsys, tmp_path):
+    missing = str(tmp_path / "myspec.txt")
+    rc, out, err = main(capsys, "dump", missing)
+    assert rc == 1
+    assert err.rstrip().endswith(f"(read as spec text: there is no file named {missing!r})")
+    rc, out, err = main(capsys, "dump", "local(2")
+    assert rc == 1 and "no file named" not in err
+
+
 def test_non_utf8_file(tmp_path, capsys):
     spec = tmp_path / "latin1.psp"
     spec.write_bytes(b"local(2) # caf\xe9\n")
