@@ -21,7 +21,7 @@ from lark import Token, Tree
 
 from . import ir
 from .errors import PsparseSemanticError, Span
-from .parser import gc_paused
+from .parser import clip, error_span, gc_paused
 
 __all__ = ["lower", "MAX_DEPTH", "MAX_NODES", "RESERVED_NAMES", "PATTERN_PRIMITIVES",
            "RETENTION_TERMS", "BUDGET_NAMES"]
@@ -180,7 +180,7 @@ class _Lowerer:
     # -- errors ---------------------------------------------------------------
     def error(self, message, node=None, *, span=None, expected=None, hint=None):
         return PsparseSemanticError(message, source=self.text,
-                                    span=span if span is not None else _span(node),
+                                    span=error_span(span if span is not None else _span(node)),
                                     expected=expected, hint=hint)
 
     def snippet(self, node) -> str:
@@ -278,10 +278,10 @@ class _Lowerer:
             what = ("a primitive" if name in PATTERN_PRIMITIVES
                     else "a retention term" if name in RETENTION_TERMS
                     else "a budget" if name in BUDGET_NAMES else "a keyword")
-            raise self.error(f"'{name}' is {what} and cannot be a let name", name_tok,
+            raise self.error(f"'{clip(name)}' is {what} and cannot be a let name", name_tok,
                              expected="another name")
         if name in self.lets:
-            raise self.error(f"'{name}' is already defined on line {self.lets[name].line}",
+            raise self.error(f"'{clip(name)}' is already defined on line {self.lets[name].line}",
                              name_tok, hint="a let name is defined once")
         expr, info = self.expr(body, None)
         self.lets[name] = _Let(expr, info, st.meta.line)
@@ -358,25 +358,25 @@ class _Lowerer:
         if let is not None:
             if blockwise is not None and (let.info.doc or let.info.dyn):
                 bad = "document" if let.info.doc else "a dynamic term"
-                raise self.error(f"'{name}' contains {bad}, which cannot be used inside blockwise",
+                raise self.error(f"'{clip(name)}' contains {bad}, which cannot be used inside blockwise",
                                  tok)
             return let.expr, let.info
         if name in _USAGE:
-            raise self.error(f"'{name}' needs arguments", tok, expected=_USAGE[name])
+            raise self.error(f"'{clip(name)}' needs arguments", tok, expected=_USAGE[name])
         if name in RETENTION_TERMS or name in BUDGET_NAMES:
             where = "a retention term (for 'kv = ...')" if name in RETENTION_TERMS \
                 else "a budget (for 'budget = ...')"
-            raise self.error(f"'{name}' is {where}, not a pattern", tok,
+            raise self.error(f"'{clip(name)}' is {where}, not a pattern", tok,
                              expected="a pattern such as local(128)")
         later = self.let_lines.get(name)
         if later is not None:
             if later == tok.line:
                 hint = "a let cannot refer to itself"
             else:
-                hint = f"'{name}' is defined on line {later}; a let name can only be used after its line"
-            raise self.error(f"unknown name '{name}'", tok, hint=hint)
+                hint = f"'{clip(name)}' is defined on line {later}; a let name can only be used after its line"
+            raise self.error(f"unknown name '{clip(name)}'", tok, hint=hint)
         hint = _suggest(name, set(_NULLARY) | set(self.lets) | set(_USAGE))
-        raise self.error(f"unknown name '{name}'", tok,
+        raise self.error(f"unknown name '{clip(name)}'", tok,
                          expected="a pattern such as causal, local(128) or a let name",
                          hint=hint)
 
@@ -386,18 +386,18 @@ class _Lowerer:
         builder = getattr(self, "p_" + name, None) if name in _USAGE else None
         if builder is None:
             if name in _NULLARY:
-                raise self.error(f"'{name}' takes no arguments", node,
-                                 expected=f"'{name}' on its own")
+                raise self.error(f"'{clip(name)}' takes no arguments", node,
+                                 expected=f"'{clip(name)}' on its own")
             if name in self.lets:
-                raise self.error(f"'{name}' is a let name, not a primitive", node,
-                                 expected=f"'{name}' on its own, without arguments")
+                raise self.error(f"'{clip(name)}' is a let name, not a primitive", node,
+                                 expected=f"'{clip(name)}' on its own, without arguments")
             if name in RETENTION_TERMS:
-                raise self.error(f"'{name}' is a retention term (for 'kv = ...'), not a pattern",
+                raise self.error(f"'{clip(name)}' is a retention term (for 'kv = ...'), not a pattern",
                                  name_tok, expected="a pattern such as local(128)")
             if name in BUDGET_NAMES:
-                raise self.error(f"'{name}' is a budget (for 'budget = ...'), not a pattern",
+                raise self.error(f"'{clip(name)}' is a budget (for 'budget = ...'), not a pattern",
                                  name_tok, expected="a pattern such as local(128)")
-            raise self.error(f"unknown primitive '{name}'", name_tok,
+            raise self.error(f"unknown primitive '{clip(name)}'", name_tok,
                              expected="a primitive such as local(128) or causal",
                              hint=_suggest(name, PATTERN_PRIMITIVES))
         return builder(node, name_tok, blockwise)
@@ -425,7 +425,7 @@ class _Lowerer:
                                          key_tok, expected=usage)
                     if named:
                         listed = ", ".join(k + "=" for k in named)
-                        raise self.error(f"{what} has no argument named '{key}'", key_tok,
+                        raise self.error(f"{what} has no argument named '{clip(key)}'", key_tok,
                                          expected=f"one of {listed}", hint=_suggest(key, named))
                     raise self.error(f"{what} takes no named arguments", key_tok, expected=usage)
                 if key in values:
@@ -529,7 +529,7 @@ class _Lowerer:
 
     def pattern_value(self, node, blockwise) -> tuple[ir.Expr, _Info]:
         if isinstance(node, Token) and node.type in ("INT", "DECIMAL"):
-            raise self.error(f"expected a pattern, got the number {node}", node,
+            raise self.error(f"expected a pattern, got the number {clip(node)}", node,
                              expected="a pattern such as local(1)")
         return self.expr(node, blockwise)
 
@@ -621,7 +621,7 @@ class _Lowerer:
             if name == "auto":
                 return ir.KvAuto(span=_span(node))
             if name in RETENTION_TERMS:
-                raise self.error(f"'{name}' needs arguments", node, expected=_KV_USAGE[name])
+                raise self.error(f"'{clip(name)}' needs arguments", node, expected=_KV_USAGE[name])
             raise self.unknown_term(name, node)
         name_tok = node.children[0]
         name = str(name_tok)
@@ -655,9 +655,9 @@ class _Lowerer:
 
     def unknown_term(self, name: str, node):
         if name in PATTERN_PRIMITIVES or name in self.lets:
-            return self.error(f"'{name}' is a pattern, not a retention term", node,
+            return self.error(f"'{clip(name)}' is a pattern, not a retention term", node,
                               expected="auto, sink(m), recent(w), heavy(h), snap(h) or norm(h)")
-        return self.error(f"unknown retention term '{name}'", node,
+        return self.error(f"unknown retention term '{clip(name)}'", node,
                           expected="auto, sink(m), recent(w), heavy(h), snap(h) or norm(h)",
                           hint=_suggest(name, RETENTION_TERMS))
 
@@ -673,7 +673,7 @@ class _Lowerer:
                 return ir.Pyramid(span=span)
             if name == "adaptive":
                 return ir.Adaptive(span=span)
-            raise self.error(f"unknown budget '{name}'", node, expected=expected,
+            raise self.error(f"unknown budget '{clip(name)}'", node, expected=expected,
                              hint=_suggest(name, BUDGET_NAMES))
         name_tok = node.children[0]
         name = str(name_tok)
@@ -686,7 +686,7 @@ class _Lowerer:
             if "beta" in v:
                 beta = self.number_value(v["beta"], "pyramid's beta")
                 if beta < 1:
-                    raise self.error(f"pyramid's beta must be >= 1, got {v['beta']}", v["beta"])
+                    raise self.error(f"pyramid's beta must be >= 1, got {clip(v['beta'])}", v["beta"])
             return ir.Pyramid(beta, span=span)
         if name == "adaptive":
             v, _ = self.bind(node, name, _BUDGET_USAGE[name], ("floor",), ("floor",), required=0)
@@ -694,10 +694,10 @@ class _Lowerer:
             if "floor" in v:
                 floor = self.number_value(v["floor"], "adaptive's floor")
                 if not 0 <= floor <= 1:
-                    raise self.error(f"adaptive's floor must be between 0 and 1, got {v['floor']}",
+                    raise self.error(f"adaptive's floor must be between 0 and 1, got {clip(v['floor'])}",
                                      v["floor"])
             return ir.Adaptive(floor, span=span)
-        raise self.error(f"unknown budget '{name}'", name_tok, expected=expected,
+        raise self.error(f"unknown budget '{clip(name)}'", name_tok, expected=expected,
                          hint=_suggest(name, BUDGET_NAMES))
 
     # -- pattern primitives (p_<name>) --------------------------------------------
@@ -765,8 +765,8 @@ class _Lowerer:
         if args and isinstance(args[0], Token) and args[0].type == "INT":
             raise self.error(f"{name}'s argument must be a bracketed set or topk=...", args[0],
                              expected=_USAGE[name],
-                             hint=f"for the dynamic term write {dynamic_example.format(args[0])}; "
-                                  f"for the fixed position write {name}([{args[0]}])")
+                             hint=f"for the dynamic term write {dynamic_example.format(clip(args[0]))}; "
+                                  f"for the fixed position write {name}([{clip(args[0])}])")
 
     def p_vertical(self, node, tok, blockwise):
         span = _span(node)

@@ -27,7 +27,8 @@ from lark.tree import Meta
 from .errors import PsparseSyntaxError, PsparseUsageError, Span
 from .resources import resource_dir
 
-__all__ = ["parse_tree", "PositionedTree", "MAX_NESTING", "grammar_text", "gc_paused"]
+__all__ = ["parse_tree", "PositionedTree", "MAX_NESTING", "grammar_text", "gc_paused", "clip",
+           "error_span"]
 
 #: Deepest allowed nesting of parentheses and brackets.  Lowering and every later pass
 #: recurse over the expression tree, so the depth is bounded here, at the first bracket
@@ -179,12 +180,12 @@ class _Front:
                     # `x-1`: where no number may come, the '-' is the operator.
                     kind, value, end = "_MINUS", "-", pos + 1
                 elif "_" in value and not _GOOD_INT.match(value):
-                    raise _LexProblem(f"malformed number '{value}'",
+                    raise _LexProblem(f"malformed number '{clip(value)}'",
                                       Token(kind, value, pos, line, col, line, col + len(value), end),
                                       expected="digits with single '_' between them, such as 131_072")
             elif kind == "DECIMAL":
                 if "_" in value and not _GOOD_DECIMAL.match(value):
-                    raise _LexProblem(f"malformed number '{value}'",
+                    raise _LexProblem(f"malformed number '{clip(value)}'",
                                       Token(kind, value, pos, line, col, line, col + len(value), end),
                                       expected="digits with single '_' between them, such as 0.25")
             tok = Token(kind, value, pos, line, col, line, col + len(value), end)
@@ -383,6 +384,26 @@ def _show_char(ch: str) -> str:
     return repr(ch)
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """Quote at most ``limit`` characters of user text in a message (a spec may hold a
+    million-character word)."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+#: Widest caret an error draws; a longer offending text is underlined from its start.
+CARET_LIMIT = 120
+
+
+def error_span(span: Span | None) -> Span | None:
+    """``span`` with a one-line extent wider than CARET_LIMIT cut down, so that a message
+    about a huge token or statement stays a few lines long."""
+    if span is None or span.end_line != span.line or span.end_column - span.column <= CARET_LIMIT:
+        return span
+    return Span(span.line, span.column, span.line, span.column + CARET_LIMIT, span.start_pos,
+                span.start_pos + CARET_LIMIT)
+
+
 def _found(tok) -> str:
     ty = tok.type
     if ty == "$END":
@@ -390,12 +411,12 @@ def _found(tok) -> str:
     if ty == "_NL":
         return "end of line"
     if ty == "NAME":
-        return f"name '{tok}'"
+        return f"name '{clip(tok)}'"
     if ty in ("INT", "DECIMAL"):
-        return f"number {tok}"
+        return f"number {clip(tok)}"
     if ty in _KEYWORDS:
         return f"'{tok}'"
-    return _show_char(str(tok)) if len(str(tok)) == 1 else f"'{tok}'"
+    return _show_char(str(tok)) if len(str(tok)) == 1 else f"'{clip(tok)}'"
 
 
 def _token_span(tok) -> Span:
@@ -405,7 +426,7 @@ def _token_span(tok) -> Span:
     end_col = getattr(tok, "end_column", None) or col + max(1, len(tok))
     start = tok.start_pos or 0
     end = getattr(tok, "end_pos", None) or start + len(tok)
-    return Span(line, col, end_line, end_col, start, end)
+    return error_span(Span(line, col, end_line, end_col, start, end))
 
 
 def _end_span(text: str, tok) -> Span:
