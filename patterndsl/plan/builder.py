@@ -1,0 +1,116 @@
+"""``build_plan``: option checks, caching, and assembling the parts of a plan."""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import torch
+
+from .. import ir
+from ..errors import PsparseUsageError
+from .accounting import executed_pairs  # noqa: F401  (re-exported for callers of builder)
+from .combine import tile_spaces
+from .context import Context, check_static
+from .model import Part, Plan
+from .parts import disjoint_parts
+from .runs import tile_runs
+from .tiles import choose
+from .views import IDENTITY, Geom
+
+MAX_N = 1 << 40
+
+
+class _DocKey:
+    """doc_ids as a cache key: hashed by content (O(n) once), compared by content."""
+
+    def __init__(self, doc: torch.Tensor):
+        self.doc = doc
+        self._hash = hashlib.blake2b(doc.numpy().tobytes(), digest_size=16).hexdigest()
+
+    def __hash__(self):
+        return hash(self._hash)
+
+    def __eq__(self, other):
+        return isinstance(other, _DocKey) and self._hash == other._hash and torch.equal(self.doc, other.doc)
+
+
+def _int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise PsparseUsageError(f"{name} must be an integer >= {lo}, not {v!r}")
+    return v
+
+
+def _doc(doc_ids, n: int):
+    d = torch.as_tensor(doc_ids)
+    if d.dim() == 2 and d.shape[0] == 1:
+        d = d[0]
+    if d.dim() != 1 or d.shape[0] != n:
+        raise PsparseUsageError(
+            f"a plan takes doc_ids of shape [n] (or [1, n]) with n = {n}; got {list(d.shape)} "
+            "(plan each batch element separately when their documents differ)")
+    if d.is_floating_point() or d.dtype == torch.bool:
+        raise PsparseUsageError("doc_ids must be integers")
+    return d.to(device="cpu", dtype=torch.int64).contiguous()
+
+
+def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = None, head: int | None = 0,
+               layer: int | None = 0, head_dim: int = 128, dtype=torch.bfloat16, block_m: int | None = None,
+               block_n: int | None = None, doc_ids=None) -> Plan:
+    """The plan of ``spec`` (a Spec, or an ir.Expr) for one call (docs/PLAN.md)."""
+    if isinstance(spec, ir.Expr):
+        expr = spec
+    else:
+        if spec.has_heads and head is None:
+            raise PsparseUsageError("this spec has 'heads' lines: pass head=")
+        rule = spec.canonical_ir.rule_for(head, layer)
+        expr = rule.expr if rule is not None else spec.pattern(head, layer)
+    _int("n", n, 0)
+    if n >= MAX_N:
+        raise PsparseUsageError(f"n = {n} is beyond what plans support (< 2**40)")
+    nq = n if nq is None else _int("nq", nq, 0)
+    if nq > n:
+        raise PsparseUsageError(f"nq must be in [0, n = {n}], not {nq}")
+    q_offset = n - nq if q_offset is None else _int("q_offset", q_offset, 0)
+    if q_offset + nq > n:
+        raise PsparseUsageError(
+            f"q_offset={q_offset} puts query rows outside [0, n = {n}): need 0 <= q_offset <= n - nq")
+    _int("head_dim", head_dim, 1)
+    if block_m is not None:
+        _int("block_m", block_m, 1)
+    if block_n is not None:
+        _int("block_n", block_n, 1)
+    if not isinstance(dtype, torch.dtype):
+        raise PsparseUsageError(f"dtype must be a torch.dtype, not {dtype!r}")
+    check_static(expr)
+    key = None
+    if expr.needs_doc_ids:
+        if doc_ids is None:
+            raise PsparseUsageError("this spec uses `document`: pass doc_ids (shape [n])")
+        key = _DocKey(_doc(doc_ids, n))
+    return _cached(ir.strip_spans(expr), n, nq, q_offset, head_dim, dtype, block_m, block_n, key)
+
+
+@lru_cache(maxsize=256)
+def _cached(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, doc_key) -> Plan:
+    ctx = Context(n, doc_key.doc if doc_key is not None else None)
+    parts = []
+    plain = None
+    for kind, pred in disjoint_parts(expr, n):
+        bm, bn = choose(pred, kind, n, nq, head_dim, dtype)
+        bm, bn = block_m or bm, block_n or bn
+        qv, kv = kind.views(q_offset, q_offset + nq, n, bm, bn)
+        g = Geom.make(kind, qv, kv, n)
+        hull, core = tile_spaces(pred, g, ctx)
+        lo, hi, full = tile_runs(hull, core, g)
+        if kind == IDENTITY:
+            plain = (bm, bn)
+        if bool((hi > lo).any()):
+            parts.append(Part(pred, kind, qv, kv, lo, hi, full, ctx))
+    if plain is None:
+        plain = choose(expr, IDENTITY, n, nq, head_dim, dtype)
+    bm, bn = block_m or plain[0], block_n or plain[1]
+    return Plan(expr, n, nq, q_offset, bm, bn, head_dim, dtype, tuple(parts), ctx)
+
+
+def clear_cache() -> None:
+    _cached.cache_clear()
