@@ -170,11 +170,16 @@ class CompiledPattern:
                 raise PsparseUsageError(f"q_offset={q_offset!r}: expected 0 <= q_offset <= n - nq")
             n_ctx = n
         batched_doc = doc is not None and doc.dim() == 2
-        ctx = Context(n_ctx, doc if doc is not None and not batched_doc else None)
+        base = Context(n_ctx, doc if doc is not None and not batched_doc else None)
+        # FlexAttention traces mask_mod and forbids side effects: fill the context's lazy
+        # caches (random tables, blockwise inner contexts) now by evaluating once eagerly.
+        probe = torch.zeros((), dtype=torch.int64)
+        warm = _RowContext(base, doc[0]) if batched_doc else base
+        for r in rules:
+            evaluate(r.expr, probe, probe, warm)
 
         def mask_mod(b, h, q_idx, kv_idx):
-            if batched_doc:
-                ctx.doc_ids = doc[b]
+            ctx = _RowContext(base, doc[b]) if batched_doc else base
             q = q_idx + offset
             result = None
             covered = None
@@ -459,6 +464,26 @@ def _merge(parts, q, v):
         term = o * torch.exp(l - ref).unsqueeze(-1)
         out = term if out is None else out + term
     return out, lse
+
+
+class _RowContext:
+    """A predicate context reading one batch row of ``doc_ids [B, n]`` (everything else from
+    ``base``); built per mask_mod call, so the traced function mutates nothing."""
+
+    def __init__(self, base, doc_row):
+        self._base = base
+        self.n = base.n
+        self.doc_ids = doc_row
+        self.inner_level = False
+
+    def random_table(self, node):
+        return self._base.random_table(node)
+
+    def inner(self, node):
+        return self._base.inner(node)
+
+    def require_doc_ids(self):
+        return self.doc_ids
 
 
 def _depends_on_n(expr: ir.Expr) -> bool:
