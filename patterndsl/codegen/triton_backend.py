@@ -128,7 +128,13 @@ def _launch(fn, grid, interpret, args, kwargs):
         with _interpreting():
             fn[grid](*args, **kwargs)
     else:
-        fn[grid](*args, **kwargs)
+        tile = kwargs["BLOCK_M"] * max(kwargs["BLOCK_N"], kwargs["BLOCK_DV"])
+        fn[grid](*args, num_warps=4 if tile <= 64 * 64 else 8, **kwargs)
+
+
+def _interpreted(fn) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(fn, InterpretedFunction)
 
 
 def _kernel(expr: ir.Expr, which: str, interpret: bool):
@@ -235,10 +241,15 @@ def _common(part, plan, q, k, kv_lens, doc_ids):
                 full=full, has_partial=has_partial, views=views, S=int(part.kv_lo.shape[1]))
 
 
-def _prec(q) -> str:
+def _prec(q, interpret: bool) -> dict:
+    """Dot precision flags.  float32 stays float32 (IEEE, no TF32) so results match a
+    float64 reference tightly; 16-bit inputs use the native tensor-core dot.  Triton's
+    interpreter multiplies bfloat16 blocks wrongly (numpy has no bfloat16), so there the
+    tiles are widened to float32 after loading."""
     import torch
-    # float32 stays float32 (no TF32) so results match the float64 reference tightly
-    return "ieee" if q.dtype == torch.float32 else "tf32"
+    upcast = interpret and q.dtype == torch.bfloat16
+    prec = "ieee" if q.dtype == torch.float32 or upcast else "tf32"
+    return dict(DOT_PREC=prec, UPCAST=upcast)
 
 
 def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, interpret=False):
@@ -254,6 +265,7 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, inte
     if grid[0] == 0 or grid[1] == 0 or c["S"] == 0:
         return out, lse
     fn = _kernel(part.predicate, "fwd", interpret)
+    interpret = _interpreted(fn)
     _launch(fn, grid, interpret, (
         q, k, v, out, lse, c["prm"], c["tab"], c["doc"], c["kvl"], c["lo"], c["hi"], c["full"],
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), c["doc_sb"], c["doc_sn"],
@@ -262,7 +274,7 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, inte
     ), dict(
         S=c["S"], BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block,
         BLOCK_D=_pow2(D), BLOCK_DV=_pow2(Dv),
-        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], DOT_PREC=_prec(q),
+        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], **_prec(q, interpret),
     ))
     return out, lse
 
@@ -287,6 +299,7 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1).contiguous()
     do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
     fn = _kernel(part.predicate, "bwd", interpret)
+    interpret = _interpreted(fn)
     _launch(fn, grid, interpret, (
         q, k, v, do, lse32, delta, dq, dk, dv, c["prm"], c["tab"], c["doc"], c["kvl"],
         c["lo"], c["hi"], c["full"],
@@ -297,6 +310,6 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     ), dict(
         S=c["S"], BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block,
         BLOCK_D=_pow2(D), BLOCK_DV=_pow2(Dv),
-        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], DOT_PREC=_prec(q),
+        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], **_prec(q, interpret),
     ))
     return dq, dk, dv
