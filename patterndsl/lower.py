@@ -222,19 +222,19 @@ class _Lowerer:
             elif kind == "heads_stmt":
                 heads = self.selector(parts[0], "head")
                 expr = self.rule_expr(parts[1])
-                selector_lines["heads"].append((heads, None, line, parts[0], len(rules)))
+                selector_lines["heads"].append((heads, None, line, parts[0]))
                 rules.append(ir.Rule(expr, heads=heads, span=_span(st)))
             elif kind == "layers_stmt":
                 layers = self.selector(parts[0], "layer")
                 expr = self.rule_expr(parts[1])
-                selector_lines["layers"].append((layers, None, line, parts[0], len(rules)))
+                selector_lines["layers"].append((layers, None, line, parts[0]))
                 rules.append(ir.Rule(expr, layers=layers, span=_span(st)))
             elif kind == "layers_heads_stmt":
                 layers = self.selector(parts[0], "layer")
                 heads = self.selector(parts[1], "head")
                 expr = self.rule_expr(parts[2])
                 both = _join_spans(_span(parts[0]), _span(parts[1]))
-                selector_lines["layers heads"].append((layers, heads, line, both, len(rules)))
+                selector_lines["layers heads"].append((layers, heads, line, both))
                 rules.append(ir.Rule(expr, layers=layers, heads=heads, span=_span(st)))
             elif kind == "let_stmt":
                 self.let(st)
@@ -278,7 +278,7 @@ class _Lowerer:
             what = ("a primitive" if name in PATTERN_PRIMITIVES
                     else "a retention term" if name in RETENTION_TERMS
                     else "a budget" if name in BUDGET_NAMES else "a keyword")
-            raise self.error(f"'{clip(name)}' is {what} and cannot be a let name", name_tok,
+            raise self.error(f"'{name}' is {what} and cannot be a let name", name_tok,
                              expected="another name")
         if name in self.lets:
             raise self.error(f"'{clip(name)}' is already defined on line {self.lets[name].line}",
@@ -358,22 +358,23 @@ class _Lowerer:
         if let is not None:
             if blockwise is not None and (let.info.doc or let.info.dyn):
                 bad = "document" if let.info.doc else "a dynamic term"
-                raise self.error(f"'{clip(name)}' contains {bad}, which cannot be used inside blockwise",
-                                 tok)
+                raise self.error(f"'{clip(name)}' contains {bad}, which cannot be used inside "
+                                 "blockwise", tok)
             return let.expr, let.info
         if name in _USAGE:
-            raise self.error(f"'{clip(name)}' needs arguments", tok, expected=_USAGE[name])
+            raise self.error(f"'{name}' needs arguments", tok, expected=_USAGE[name])
         if name in RETENTION_TERMS or name in BUDGET_NAMES:
             where = "a retention term (for 'kv = ...')" if name in RETENTION_TERMS \
                 else "a budget (for 'budget = ...')"
-            raise self.error(f"'{clip(name)}' is {where}, not a pattern", tok,
+            raise self.error(f"'{name}' is {where}, not a pattern", tok,
                              expected="a pattern such as local(128)")
         later = self.let_lines.get(name)
         if later is not None:
             if later == tok.line:
                 hint = "a let cannot refer to itself"
             else:
-                hint = f"'{clip(name)}' is defined on line {later}; a let name can only be used after its line"
+                hint = (f"'{clip(name)}' is defined on line {later}; a let name can only be used "
+                        "after its line")
             raise self.error(f"unknown name '{clip(name)}'", tok, hint=hint)
         hint = _suggest(name, set(_NULLARY) | set(self.lets) | set(_USAGE))
         raise self.error(f"unknown name '{clip(name)}'", tok,
@@ -386,16 +387,16 @@ class _Lowerer:
         builder = getattr(self, "p_" + name, None) if name in _USAGE else None
         if builder is None:
             if name in _NULLARY:
-                raise self.error(f"'{clip(name)}' takes no arguments", node,
-                                 expected=f"'{clip(name)}' on its own")
+                raise self.error(f"'{name}' takes no arguments", node,
+                                 expected=f"'{name}' on its own")
             if name in self.lets:
                 raise self.error(f"'{clip(name)}' is a let name, not a primitive", node,
                                  expected=f"'{clip(name)}' on its own, without arguments")
             if name in RETENTION_TERMS:
-                raise self.error(f"'{clip(name)}' is a retention term (for 'kv = ...'), not a pattern",
+                raise self.error(f"'{name}' is a retention term (for 'kv = ...'), not a pattern",
                                  name_tok, expected="a pattern such as local(128)")
             if name in BUDGET_NAMES:
-                raise self.error(f"'{clip(name)}' is a budget (for 'budget = ...'), not a pattern",
+                raise self.error(f"'{name}' is a budget (for 'budget = ...'), not a pattern",
                                  name_tok, expected="a pattern such as local(128)")
             raise self.error(f"unknown primitive '{clip(name)}'", name_tok,
                              expected="a primitive such as local(128) or causal",
@@ -473,7 +474,8 @@ class _Lowerer:
 
     def number_value(self, node, label: str) -> float:
         if not isinstance(node, Token) or node.type not in ("INT", "DECIMAL"):
-            raise self.error(f"{label} must be a number such as 0.25, got {self.snippet(node)}", node)
+            raise self.error(f"{label} must be a number such as 0.25, got {self.snippet(node)}",
+                             node)
         text = node.replace("_", "")
         v = float(text) if len(text) <= 400 else float("inf")
         if not isfinite(v) or abs(v) >= _INT_LIMIT:
@@ -621,7 +623,7 @@ class _Lowerer:
             if name == "auto":
                 return ir.KvAuto(span=_span(node))
             if name in RETENTION_TERMS:
-                raise self.error(f"'{clip(name)}' needs arguments", node, expected=_KV_USAGE[name])
+                raise self.error(f"'{name}' needs arguments", node, expected=_KV_USAGE[name])
             raise self.unknown_term(name, node)
         name_tok = node.children[0]
         name = str(name_tok)
@@ -686,7 +688,8 @@ class _Lowerer:
             if "beta" in v:
                 beta = self.number_value(v["beta"], "pyramid's beta")
                 if beta < 1:
-                    raise self.error(f"pyramid's beta must be >= 1, got {clip(v['beta'])}", v["beta"])
+                    raise self.error(f"pyramid's beta must be >= 1, got {clip(v['beta'])}",
+                                     v["beta"])
             return ir.Pyramid(beta, span=span)
         if name == "adaptive":
             v, _ = self.bind(node, name, _BUDGET_USAGE[name], ("floor",), ("floor",), required=0)
@@ -694,7 +697,8 @@ class _Lowerer:
             if "floor" in v:
                 floor = self.number_value(v["floor"], "adaptive's floor")
                 if not 0 <= floor <= 1:
-                    raise self.error(f"adaptive's floor must be between 0 and 1, got {clip(v['floor'])}",
+                    raise self.error("adaptive's floor must be between 0 and 1, got "
+                                     f"{clip(v['floor'])}",
                                      v["floor"])
             return ir.Adaptive(floor, span=span)
         raise self.error(f"unknown budget '{clip(name)}'", name_tok, expected=expected,
@@ -745,7 +749,8 @@ class _Lowerer:
 
     def _one_index(self, node, name, cls):
         v, _ = self.bind(node, name, _USAGE[name], ("I",))
-        return cls(self.index_value(v["I"], f"{_possessive(name)} argument"), span=_span(node)), _Info()
+        index = self.index_value(v["I"], f"{_possessive(name)} argument")
+        return cls(index, span=_span(node)), _Info()
 
     def p_rows(self, node, tok, blockwise):
         return self._one_index(node, "rows", ir.Rows)
@@ -765,7 +770,8 @@ class _Lowerer:
         if args and isinstance(args[0], Token) and args[0].type == "INT":
             raise self.error(f"{name}'s argument must be a bracketed set or topk=...", args[0],
                              expected=_USAGE[name],
-                             hint=f"for the dynamic term write {dynamic_example.format(clip(args[0]))}; "
+                             hint="for the dynamic term write "
+                                  f"{dynamic_example.format(clip(args[0]))}; "
                                   f"for the fixed position write {name}([{clip(args[0])}])")
 
     def p_vertical(self, node, tok, blockwise):

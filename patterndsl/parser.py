@@ -1,11 +1,13 @@
 """Spec text -> lark parse tree.
 
-The grammar (``grammar/psparse.lark``) is LALR(1) with lark's contextual lexer.  One
-parser is built per process, lazily, and its tables are cached on disk so a cold
-``psparse`` start does not pay for the LALR construction.  Every lark exception is
-translated here into a :class:`PsparseSyntaxError` that points at the offending
-token and says what could have come there in the user's words; lark's own terminal
-names never reach the user.
+The grammar (``grammar/psparse.lark``) is LALR(1).  One parser is built per process,
+lazily, and its tables are cached on disk (``$PSPARSE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/psparse`` or ``~/.cache/psparse``) so a cold start does not pay for
+the LALR construction; a cache that cannot be read or written is simply not used.
+Tokens come from a tokenizer built from the grammar's own terminals (see
+:class:`_Front`).  Every failure is reported as a :class:`PsparseSyntaxError` that
+points at the offending token and says what could have come there in the user's words;
+lark's terminal names never reach the user.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import lark
 from lark.exceptions import LarkError, UnexpectedToken
+from lark.lexer import PatternStr
 from lark.tree import Meta
 
 from .errors import PsparseSyntaxError, PsparseUsageError, Span
@@ -37,9 +40,12 @@ MAX_NESTING = 100
 
 _OPEN = {"_LPAR": ")", "LSQB": "]"}
 _CLOSE = {"RPAR", "RSQB"}
-# Python's rule for digit separators: single underscores between digits.
-_GOOD_INT = re.compile(r"-?[0-9]+(?:_[0-9]+)*\Z")
-_GOOD_DECIMAL = re.compile(r"-?[0-9]+(?:_[0-9]+)*\.[0-9]+(?:_[0-9]+)*\Z")
+# Python's rule for digit separators: single underscores between digits.  The grammar
+# lexes numbers loosely so that `1__0` is reported as one malformed number.
+_NUMBER_RULES = {
+    "INT": re.compile(r"-?[0-9]+(?:_[0-9]+)*\Z"),
+    "DECIMAL": re.compile(r"-?[0-9]+(?:_[0-9]+)*\.[0-9]+(?:_[0-9]+)*\Z"),
+}
 
 
 class PositionedTree(lark.Tree):
@@ -116,12 +122,13 @@ class _Front:
         # String terminals that NAME also matches are keywords: lexed as NAME, then
         # promoted where the parser accepts them (lark's contextual lexer does the same).
         self.keywords = {t.pattern.value: t.name for t in terminals
-                         if type(t.pattern).__name__ == "PatternStr" and name_re.match(t.pattern.value)}
+                         if isinstance(t.pattern, PatternStr) and name_re.match(t.pattern.value)}
         ordered = sorted((t for t in terminals if t.name not in self.keywords.values()),
                          key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value),
                                         t.name))
         self.ignore = frozenset(conf.ignore)
-        self.master = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in ordered))
+        self.master = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})"
+                                          for t in ordered))
 
     def parse(self, text: str):
         ip = self.lark.parse_interactive()
@@ -179,16 +186,11 @@ class _Front:
                         and "_MINUS" in states[state.position]:
                     # `x-1`: where no number may come, the '-' is the operator.
                     kind, value, end = "_MINUS", "-", pos + 1
-                elif "_" in value and not _GOOD_INT.match(value):
-                    raise _LexProblem(f"malformed number '{clip(value)}'",
-                                      Token(kind, value, pos, line, col, line, col + len(value), end),
-                                      expected="digits with single '_' between them, such as 131_072")
-            elif kind == "DECIMAL":
-                if "_" in value and not _GOOD_DECIMAL.match(value):
-                    raise _LexProblem(f"malformed number '{clip(value)}'",
-                                      Token(kind, value, pos, line, col, line, col + len(value), end),
-                                      expected="digits with single '_' between them, such as 0.25")
             tok = Token(kind, value, pos, line, col, line, col + len(value), end)
+            if kind in _NUMBER_RULES and "_" in value and not _NUMBER_RULES[kind].match(value):
+                raise _LexProblem(f"malformed number '{clip(value)}'", tok,
+                                  expected="digits with single '_' between them, such as "
+                                           + ("131_072" if kind == "INT" else "0.25"))
             if kind in _OPEN:
                 if len(stack) >= MAX_NESTING:
                     raise _LexProblem(
@@ -304,7 +306,7 @@ def _accepts(state) -> set[str]:
 
 
 def _previous(state, back: int) -> str | None:
-    """The type of the token ``back`` places before the error (1 = just before), if it is a token."""
+    """The type of the token ``back`` places before the error (1: just before), if a token."""
     stack = getattr(state, "value_stack", None) or []
     if len(stack) < back:
         return None
@@ -332,7 +334,8 @@ def describe_expected(expected, state=None) -> str:
     if {"INT", "DECIMAL", "LSQB"} <= exp:
         # The start of a call argument or of a named argument's value.
         if _previous(state, 1) == "_EQ":
-            phrases.append("a value (a number, an index set such as [0:64], true/false or a pattern)")
+            phrases.append("a value (a number, an index set such as [0:64], true/false "
+                           "or a pattern)")
         else:
             phrases.append("an argument (a number, an index set such as [0:64], or a pattern)")
         exp -= {"INT", "DECIMAL", "LSQB", "NAME", "_LPAR"}
@@ -398,7 +401,8 @@ CARET_LIMIT = 120
 def error_span(span: Span | None) -> Span | None:
     """``span`` with a one-line extent wider than CARET_LIMIT cut down, so that a message
     about a huge token or statement stays a few lines long."""
-    if span is None or span.end_line != span.line or span.end_column - span.column <= CARET_LIMIT:
+    if span is None or span.end_line != span.line \
+            or span.end_column - span.column <= CARET_LIMIT:
         return span
     return Span(span.line, span.column, span.line, span.column + CARET_LIMIT, span.start_pos,
                 span.start_pos + CARET_LIMIT)
@@ -462,7 +466,7 @@ def _statement_hint(tok, state) -> str | None:
     close = difflib.get_close_matches(name, _KEYWORD_WORDS, n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
-    return f"to name a sub-pattern, write 'let {name} = ...'"
+    return f"to name a sub-pattern, write 'let {clip(name)} = ...'"
 
 
 def _translate(e: Exception, text: str) -> PsparseSyntaxError:
@@ -495,8 +499,8 @@ def _translate(e: Exception, text: str) -> PsparseSyntaxError:
                                   hint=_open_hint(stack, e.line, e.pos))
     # Any other lark error would be a bug in the grammar tables, but the user still gets
     # a PsparseError rather than a traceback.
-    return PsparseSyntaxError(f"the spec could not be parsed ({type(e).__name__})", source=text,
-                              expected=_PATTERN)
+    return PsparseSyntaxError(f"the spec could not be parsed ({type(e).__name__})",
+                              source=text, expected=_PATTERN)
 
 
 @contextlib.contextmanager
@@ -505,8 +509,8 @@ def gc_paused():
 
     Parsing allocates many small objects that all stay alive (tokens, tree nodes), which
     makes every collection rescan them all: on a large spec that cost half the parse time
-    and grew faster than the input.  Nothing built here forms reference cycles, so the
-    pause frees nothing late; the previous setting is restored afterwards."""
+    and grew faster than the input.  Trees and tokens hold no reference cycles, so nothing
+    waits long for the collector; the previous setting is restored afterwards."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

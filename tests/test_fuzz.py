@@ -231,3 +231,51 @@ def test_let_chains_cannot_blow_up():
     with pytest.raises(PsparseSemanticError, match="expands to more than|nests too deeply"):
         front(text)
     assert time.perf_counter() - t < 5
+
+
+# ---------------------------------------------------------------------------
+# Overlap of heads/layers lines against brute force
+# ---------------------------------------------------------------------------
+
+selector_parts = st.tuples(st.integers(0, 20), st.one_of(st.none(), st.integers(1, 30)),
+                           st.integers(1, 6))
+
+
+def _selector_text(start, length, step):
+    stop = "" if length is None else str(start + length)
+    return f"{start}:{stop}:{step}"
+
+
+def _members(start, length, step, horizon):
+    stop = horizon if length is None else start + length
+    return set(range(start, stop, step))
+
+
+@settings(max_examples=400, deadline=None)
+@given(selector_parts, selector_parts)
+def test_heads_overlap_matches_brute_force(a, b):
+    # Two progressions that meet do so below max(start) + lcm(step) <= 20 + 30 = 50.
+    common = _members(*a, 200) & _members(*b, 200)
+    text = f"heads {_selector_text(*a)} = causal\nheads {_selector_text(*b)} = all"
+    if not common:
+        assert len(front(text).rules) == 2
+        return
+    with pytest.raises(PsparseSemanticError) as info:
+        front(text)
+    assert info.value.line == 2
+    assert f"overlaps the one on line 1 (both cover head {min(common)})" in info.value.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(selector_parts, selector_parts, selector_parts, selector_parts)
+def test_layers_heads_overlap_needs_both_sides(la, ha, lb, hb):
+    layers = _members(*la, 200) & _members(*lb, 200)
+    heads = _members(*ha, 200) & _members(*hb, 200)
+    text = (f"layers {_selector_text(*la)} heads {_selector_text(*ha)} = causal\n"
+            f"layers {_selector_text(*lb)} heads {_selector_text(*hb)} = all")
+    if not (layers and heads):
+        assert len(front(text).rules) == 2
+        return
+    with pytest.raises(PsparseSemanticError) as info:
+        front(text)
+    assert f"(both cover layer {min(layers)}, head {min(heads)})" in info.value.message
