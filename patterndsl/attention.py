@@ -504,15 +504,19 @@ def _depends_on_n(expr: ir.Expr) -> bool:
 
 
 def _render_source(attn: CompiledPattern):
-    """The generated module text, when the code generator provides a renderer."""
+    """The generated Triton module of each distinct static pattern of the spec (in line
+    order, one after the other), or None when the code generator is not installed."""
     try:
-        from .codegen import module as codegen_module
+        from .codegen.render import kernel_source
     except ImportError:
         return None
-    render = getattr(codegen_module, "render_module", None)
-    if render is None:
-        return None
-    return render(attn.spec, **({"head_dim": attn.head_dim} if attn.head_dim else {}))
+    texts, seen = [], set()
+    for rule in attn.spec.canonical_ir.rules:
+        if rule.expr.is_dynamic or rule.expr in seen:
+            continue
+        seen.add(rule.expr)
+        texts.append(kernel_source(ir.strip_spans(rule.expr))[1])
+    return "\n\n".join(texts) if texts else None
 
 
 # ---------------------------------------------------------------------------
