@@ -23,7 +23,7 @@ import _brute_plan as bp  # noqa: E402
 TOL = 1e-5
 
 
-def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None):
+def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None, dlse=None):
     """Forward over every part, merged by log-sum-exp; backward of every part with the
     merged out/lse, summed."""
     outs, lses = [], []
@@ -42,14 +42,14 @@ def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None):
     dv = torch.zeros(v.shape, dtype=torch.float32)
     for part in plan.parts:
         a, b, c = backward_part(part, plan, q, k, v, out, lse, dout, scale=scale, kv_lens=kv_lens,
-                                doc_ids=doc_ids, interpret=True)
+                                doc_ids=doc_ids, dlse=dlse, interpret=True)
         dq += a
         dk += b
         dv += c
     return out, lse, dq, dk, dv
 
 
-def reference(mask, q, k, v, dout, *, scale, kv_lens=None):
+def reference(mask, q, k, v, dout, *, scale, kv_lens=None, dlse=None):
     """Dense float64 attention by autograd. ``mask`` is [nq, n] or [B, nq, n]."""
     B, Hq, nq, _ = q.shape
     Hkv, n = k.shape[1], k.shape[2]
@@ -69,8 +69,13 @@ def reference(mask, q, k, v, dout, *, scale, kv_lens=None):
     shift = torch.where(torch.isinf(lse), torch.zeros_like(lse), sm.detach().amax(-1))
     e = torch.where(m, torch.exp(s - shift.unsqueeze(-1)), torch.zeros_like(s))
     den = e.sum(-1, keepdim=True)
-    out = (e @ ve) / torch.where(den > 0, den, torch.ones_like(den))
-    out.backward(dout.double())
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    out = (e @ ve) / safe
+    loss = (out * dout.double()).sum()
+    if dlse is not None:
+        lse_d = torch.where(den.squeeze(-1) > 0, shift + torch.log(safe.squeeze(-1)), torch.zeros_like(shift))
+        loss = loss + (lse_d * dlse.double()).sum()
+    loss.backward()
     return out.detach(), lse, qq.grad, kk.grad, vv.grad
 
 
@@ -166,6 +171,20 @@ def test_document_batched_doc_ids_and_kv_lens():
     doc = torch.tensor([[0] * 30 + [1] * 25 + [2] * 25, [0] * 10 + [1] * 70])
     plan = bp.build([(e, 1, 1, 32, 16)], n, doc_ids=doc)
     check(e, plan, B=2, doc_ids=doc, kv_lens=torch.tensor([80, 47]))
+
+
+def test_lse_gradient():
+    e = E("causal & local(10) | rows([0:2])")
+    n = 48
+    plan = bp.build([(e, 1, 1, 16, 16)], n, nq=40)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 1, 40, 16, generator=g), torch.randn(1, 1, n, 16, generator=g),
+               torch.randn(1, 1, n, 16, generator=g))
+    dout, dlse = torch.randn(1, 1, 40, 16, generator=g), torch.randn(1, 1, 40, generator=g)
+    got = run_plan(plan, q, k, v, dout, scale=0.25, dlse=dlse)
+    want = reference(expr_mask(e, n, nq=40), q, k, v, dout, scale=0.25, dlse=dlse)
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), got, want):
+        assert rel(a, b) < TOL, name
 
 
 def test_kv_lens_and_explicit_offset():

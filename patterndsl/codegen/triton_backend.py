@@ -280,9 +280,11 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, inte
 
 
 def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, doc_ids=None,
-                  interpret=False):
+                  dlse=None, interpret=False):
     """``(dq, dk, dv)`` float32 contributions of one part, given the final (merged) ``out``
-    and natural-log ``lse``; rows with ``lse = -inf`` get zero gradient."""
+    and natural-log ``lse``; rows with ``lse = -inf`` get zero gradient.  ``dlse``, the
+    gradient of the loss with respect to ``lse`` (``[B, Hq, Nq]``), adds ``P * dlse`` to
+    ``dS`` (``d lse / d s = P``)."""
     import torch
     c = _common(part, plan, q, k, kv_lens, doc_ids)
     B, Hq, Nq, D = q.shape
@@ -296,7 +298,10 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     if grid[0] == 0 or grid[1] == 0 or c["S"] == 0:
         return dq, dk, dv
     lse32 = lse.to(torch.float32).contiguous()
-    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1).contiguous()
+    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(torch.float32)
+    delta = delta.contiguous()
     do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
     fn = _kernel(part.predicate, "bwd", interpret)
     interpret = _interpreted(fn)
