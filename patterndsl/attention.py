@@ -214,8 +214,13 @@ class CompiledPattern:
         pattern itself is still evaluated at ``n = Nk``).  Row ``i`` is position
         ``q_offset + i`` (default ``Nk - Nq``).  ``scale`` defaults to ``D ** -0.5``."""
         scale, q_offset = self._validate(q, k, v, doc_ids, kv_lens, scale, q_offset, layer)
-        out, lse = torch.ops.psparse.attention(q, k, v, doc_ids, kv_lens, self.key, scale,
-                                               q_offset, layer)
+        args = (q, k, v, doc_ids, kv_lens, self.key, scale, q_offset, layer)
+        if torch.compiler.is_compiling():
+            out, lse = torch.ops.psparse.attention(*args)
+        else:
+            # Eagerly the same computation runs through an autograd.Function: calling the
+            # custom op would import torch._dynamo (seconds) on the first call.
+            out, lse = _AttentionFunction.apply(*args)
         return (out, lse) if return_lse else out
 
     def _validate(self, q, k, v, doc_ids, kv_lens, scale, q_offset, layer):
@@ -552,6 +557,25 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _attention_backward_fake(q, k, v, out, lse, dout, dlse, doc_ids, kv_lens, key, scale,
                              q_offset, layer):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class _AttentionFunction(torch.autograd.Function):
+    """The eager path of ``psparse::attention`` (same forward and backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, doc_ids, kv_lens, key, scale, q_offset, layer):
+        out, lse = _REGISTRY[key]._forward(q, k, v, doc_ids, kv_lens, scale, q_offset, layer)
+        _setup_context(ctx, (q, k, v, doc_ids, kv_lens, key, scale, q_offset, layer), (out, lse))
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, doc_ids, kv_lens = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = _REGISTRY[ctx.args[0]]._backward(q, k, v, out, lse, dout, dlse, doc_ids,
+                                                      kv_lens, *ctx.args[1:])
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def _setup_context(ctx, inputs, output):
