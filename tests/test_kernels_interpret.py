@@ -50,12 +50,12 @@ def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None, dlse=Non
 
 
 def reference(mask, q, k, v, dout, *, scale, kv_lens=None, dlse=None):
-    """Dense float64 attention by autograd. ``mask`` is [nq, n] or [B, nq, n]."""
+    """Dense float64 attention by autograd. ``mask`` is [nq, n], [B, nq, n] or [B, Hq, nq, n]."""
     B, Hq, nq, _ = q.shape
     Hkv, n = k.shape[1], k.shape[2]
     g = Hq // Hkv
     m = mask.to(torch.bool)
-    m = m.reshape(-1, 1, nq, n).expand(B, Hq, nq, n)
+    m = (m if m.dim() == 4 else m.reshape(-1, 1, nq, n)).expand(B, Hq, nq, n)
     if kv_lens is not None:
         m = m & (torch.arange(n)[None, :] < kv_lens[:, None]).reshape(B, 1, 1, n)
     qq = q.double().requires_grad_()
@@ -279,3 +279,59 @@ def test_source_is_deterministic_and_free_of_spec_text():
     body = a[1].split("\n", 1)[1]  # the first line is a comment with the canonical text
     assert "global" not in body and "random" not in body and "stride" not in body
     compile(a[1], "<generated>", "exec")
+
+
+MODULE_SPEC = """
+heads 0:2 = causal & local(5) | global([0, -1]) | random(1, block=8, seed=7)
+heads 2: = causal & document
+layers 1 heads 0 = slash([0, 3:9:2, -2]) | blockwise(8, local(1) | rows([-1]))
+"""
+
+
+def test_self_contained_module(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    from patterndsl.codegen.module import render_module
+
+    src = render_module(MODULE_SPEC)
+    assert src == render_module(parse(MODULE_SPEC))  # byte-identical
+    body = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith("#"))
+    assert "patterndsl" not in body.replace("psparse", "")
+    path = tmp_path / "generated.py"
+    path.write_text(src)
+    doc = [0] * 20 + [1] * 17 + [2] * 13
+    mask_cases = [dict(n=50, head=0), dict(n=37, nq=20, head=1), dict(n=50, head=3, doc=doc),
+                  dict(n=45, layer=1), dict(n=9, layer=1, head=0)]
+    att = dict(seed=3, B=1, Hq=4, Hkv=2, n=50, nq=50, D=16, doc=doc)
+    out = tmp_path / "results.pt"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_module_worker.py")), str(path),
+                           str(out), json.dumps(mask_cases), json.dumps(att)],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = torch.load(out)
+    s = parse(MODULE_SPEC)
+    assert res["spec"] == s.canonical()
+    for case, got, p in zip(mask_cases, res["masks"], res["plans"]):
+        doc_t = torch.tensor(case["doc"]) if "doc" in case else None
+        want = s.mask(case["n"], nq=case.get("nq"), num_heads=case.get("head", 0) + 1,
+                      layer=case.get("layer", 0), doc_ids=doc_t)[case.get("head", 0)]
+        assert torch.equal(got, want), case
+        # the plan covers exactly the tiles with an allowed pair; full runs are all allowed
+        nq = want.shape[0]
+        tq, tk = -(-nq // 16), -(-case["n"] // 16)
+        visited = torch.zeros(tq, tk, dtype=torch.bool)
+        for t in range(tq):
+            for lo, hi, full in zip(p["kv_lo"][t].tolist(), p["kv_hi"][t].tolist(), p["kv_full"][t].tolist()):
+                visited[t, lo:hi] = True
+                if full:
+                    assert want[t * 16:(t + 1) * 16, lo * 16:hi * 16].all()
+        pad = torch.zeros(tq * 16, tk * 16, dtype=torch.bool)
+        pad[:nq, :case["n"]] = want
+        assert torch.equal(visited, pad.reshape(tq, 16, tk, 16).any(3).any(1))
+    a = res["attention"]
+    mask = s.mask(50, num_heads=4, doc_ids=torch.tensor(doc))
+    want = reference(mask.unsqueeze(0), a["q"], a["k"], a["v"], a["dout"], scale=16 ** -0.5)
+    for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), (a["out"], a["lse"], a["dq"], a["dk"], a["dv"]), want):
+        assert rel(x, y) < TOL, name

@@ -31,7 +31,12 @@ CAP = 1 << 30
 @dataclass(frozen=True)
 class Predicate:
     """The emitted predicate: ``setup`` runs once per program (parameter loads), ``body``
-    once per partial tile; ``result`` names the boolean tensor ``body`` leaves behind."""
+    once per partial tile; ``result`` names the boolean tensor ``body`` leaves behind.
+
+    ``recipes`` says how a self-contained module computes the parameters at run time: one
+    Python expression per ``_prm{i}`` over the helpers of templates/module.py.jinja and
+    ``_tabs``/``_offs`` (the random tables, built from ``tables``: one
+    ``(count, block, seed, causal, n-expression)`` per ``random`` node, in order)."""
 
     setup: tuple[str, ...]
     body: tuple[str, ...]
@@ -39,6 +44,8 @@ class Predicate:
     num_params: int
     uses_doc: bool
     uses_table: bool
+    recipes: tuple[str, ...] = ()
+    tables: tuple[tuple, ...] = ()
 
 
 def _c(x: int) -> int:
@@ -52,8 +59,11 @@ class _Walker:
     """One pass over the expression.  With ``ctx`` None only the text is produced;
     with a context the parameter values and tables are produced too (same order)."""
 
-    def __init__(self, ctx=None):
+    def __init__(self, ctx=None, dialect: str = "triton"):
         self.ctx = ctx
+        self.dialect = dialect
+        self.recipes: list[str] = []
+        self.table_recipes: list[tuple] = []
         self.body: list[str] = []
         self.num_params = 0
         self.params: list[int] = []
@@ -73,9 +83,10 @@ class _Walker:
         self.body.append(f"{name} = {text}")
         return name
 
-    def param(self, value_fn) -> str:
+    def param(self, value_fn, recipe: str) -> str:
         i = self.num_params
         self.num_params += 1
+        self.recipes.append(recipe)
         if self.ctx is not None:
             v = int(value_fn())
             if not -(1 << 31) <= v < (1 << 31):
@@ -83,18 +94,22 @@ class _Walker:
             self.params.append(v)
         return f"_prm{i}"
 
-    def progressions(self, items: int, resolve) -> list[tuple[str, str, str]]:
-        """``items`` progression slots (start, stop, step) as parameter names; a slot that
-        resolves to nothing at this ``n`` is the empty progression (0, 0, 1)."""
-        progs = None
-        if self.ctx is not None:
-            progs = list(resolve())
-            if len(progs) > items:
-                raise AssertionError("an index item resolved to more than one progression")
-            progs += [(0, 0, 1)] * (items - len(progs))
+    def progressions(self, index: ir.IndexSet, kind: str, ctx, nexpr: str) -> list[tuple[str, str, str]]:
+        """One progression slot (start, stop, step) per item of ``index``, as parameter
+        names; an item that selects nothing at this ``n`` is the empty progression (0, 0, 1).
+        ``kind`` is "index" (resolved against n) or "offset" (literal slash offsets)."""
+        from ..plan.indexsets import resolve_index, resolve_offsets
         out = []
-        for i in range(items):
-            out.append(tuple(self.param(lambda i=i, j=j: progs[i][j]) for j in range(3)))
+        for item in index.items:
+            prog = (0, 0, 1)
+            if self.ctx is not None:
+                one = ir.IndexSet((item,))
+                got = (resolve_index(one, ctx.n) if kind == "index"
+                       else resolve_offsets(one, -max(ctx.n - 1, 0), max(ctx.n, 1)))
+                prog = got[0] if got else prog
+            lit = _item_literal(item)
+            out.append(tuple(self.param(lambda j=j, prog=prog: prog[j], f"_{kind}_prog({nexpr}, {lit})[{j}]")
+                             for j in range(3)))
         return out
 
     def member(self, x: str, progs) -> str:
@@ -103,15 +118,21 @@ class _Walker:
         terms = [f"(({x} >= {s}) & ({x} < {e}) & ((({x} - {s}) % {t}) == 0))" for s, e, t in progs]
         return self.let(" | ".join(terms))
 
+    def load(self, base: str, offset: str) -> str:
+        """``base[offset]``: a pointer load in Triton, indexing in torch."""
+        if self.dialect == "torch":
+            return f"{base}[{offset}]"
+        return f"tl.load({base} + {offset})"
+
     # -- the walk -----------------------------------------------------------------
-    def node(self, e: ir.Expr, q: str, k: str, ctx) -> str:
+    def node(self, e: ir.Expr, q: str, k: str, ctx, nexpr: str = "n") -> str:
         if isinstance(e, (ir.Union, ir.Intersect)):
             op = " | " if isinstance(e, ir.Union) else " & "
-            parts = [self.node(t, q, k, ctx) for t in e.terms]
+            parts = [self.node(t, q, k, ctx, nexpr) for t in e.terms]
             return self.let(op.join(f"({p})" for p in parts))
         if isinstance(e, ir.Difference):
-            a = self.node(e.left, q, k, ctx)
-            b = self.node(e.right, q, k, ctx)
+            a = self.node(e.left, q, k, ctx, nexpr)
+            b = self.node(e.right, q, k, ctx, nexpr)
             return self.let(f"({a}) & ({b} == 0)")
         if isinstance(e, ir.All):
             return self.let(f"({q} >= 0) & ({k} >= 0)")
@@ -135,8 +156,7 @@ class _Walker:
                 return self.let(f"({k} == {_c(e.offset)}) & ({q} >= 0)")
             return self.let(f"(({k} % {_c(e.step)}) == {_c(e.offset)}) & ({q} >= 0)")
         if isinstance(e, (ir.Rows, ir.Cols, ir.Global)):
-            from ..plan.indexsets import resolve_index
-            progs = self.progressions(len(e.index.items), lambda: resolve_index(e.index, ctx.n))
+            progs = self.progressions(e.index, "index", ctx, nexpr)
             if isinstance(e, ir.Rows):
                 return self.let(f"({self.member(q, progs)}) & ({k} >= 0)")
             if isinstance(e, ir.Cols):
@@ -148,54 +168,74 @@ class _Walker:
             p = _c(e.length)
             return self.let(f"({q} < {p}) & ({k} < {p})")
         if isinstance(e, ir.Slash):
-            from ..plan.indexsets import resolve_offsets
-            progs = self.progressions(
-                len(e.offsets.items),
-                lambda: resolve_offsets(e.offsets, -max(ctx.n - 1, 0), max(ctx.n, 1)))
+            progs = self.progressions(e.offsets, "offset", ctx, nexpr)
             d = self.let(f"{q} - {k}")
             return self.member(d, progs)
         if isinstance(e, ir.Document):
             if ctx is not None and getattr(ctx, "inner_level", False):
                 raise PsparseUsageError("`document` cannot appear inside blockwise(...)")
             self.uses_doc = True
-            dq = self.let(f"tl.load(DOC + doc_base + {q}.to(tl.int64) * doc_sn)")
-            dk = self.let(f"tl.load(DOC + doc_base + {k}.to(tl.int64) * doc_sn)")
+            if self.dialect == "torch":
+                dq = self.let(f"DOC[{q}]")
+                dk = self.let(f"DOC[{k}]")
+            else:
+                dq = self.let(f"tl.load(DOC + doc_base + {q}.to(tl.int64) * doc_sn)")
+                dk = self.let(f"tl.load(DOC + doc_base + {k}.to(tl.int64) * doc_sn)")
             return self.let(f"{dq} == {dk}")
         if isinstance(e, ir.Random):
             self.uses_table = True
+            t_index = len(self.table_recipes)
+            self.table_recipes.append((e.count, e.block, e.seed, bool(e.causal), nexpr))
             table = None
             if self.ctx is not None:
                 table = ctx.random_table(e)
                 offset = self.table_size
                 self.tables.append((offset, table))
                 self.table_size += int(table.numel())
-            off = self.param(lambda: offset)
-            width = self.param(lambda: table.shape[1])
+            off = self.param(lambda: offset, f"_offs[{t_index}]")
+            width = self.param(lambda: table.shape[1], f"_tabs[{t_index}].shape[1]")
             b = _c(e.block)
             qb = self.let(f"{q} // {b}")
             kb = self.let(f"{k} // {b}")
             hit = self.let(f"({qb} < 0) & ({kb} < 0)")
             j = self.tmp()
             self.body.append(f"for {j} in range(0, {width}):")
-            self.body.append(f"    {hit} = {hit} | (tl.load(TAB + {off} + {qb} * {width} + {j}) == {kb})")
+            self.body.append(f"    {hit} = {hit} | ({self.load('TAB', f'{off} + {qb} * {width} + {j}')} == {kb})")
             return hit
         if isinstance(e, ir.Blockwise):
             b = _c(e.block)
             qb = self.let(f"{q} // {b}")
             kb = self.let(f"{k} // {b}")
             inner = ctx.inner(e) if ctx is not None else None
-            return self.node(e.expr, qb, kb, inner)
+            # the inner n is ceil(n / b), with the block as written (as Context.inner)
+            return self.node(e.expr, qb, kb, inner, f"-(-({nexpr}) // {e.block})")
         if isinstance(e, ir.DYNAMIC_TYPES):
             raise PsparseUsageError("data-dependent terms are planned per call (they need q and k)")
         raise TypeError(f"not a pattern expression: {e!r}")
 
 
-def emit(expr: ir.Expr, q: str = "qc", k: str = "kc") -> Predicate:
-    """The predicate of ``expr`` over the position tensors named ``q`` and ``k``."""
-    w = _Walker()
+def _item_literal(item) -> str:
+    """An index item as a Python literal: an int, or a (start, stop, step) tuple."""
+    def lit(x):
+        if x is None:
+            return "None"
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise TypeError(f"expected a validated int, got {x!r}")
+        return str(int(x))
+    if isinstance(item, ir.Slice):
+        return f"({lit(item.start)}, {lit(item.stop)}, {lit(item.step)})"
+    return lit(item)
+
+
+def emit(expr: ir.Expr, q: str = "qc", k: str = "kc", dialect: str = "triton") -> Predicate:
+    """The predicate of ``expr`` over the position tensors named ``q`` and ``k``, as Triton
+    code or (``dialect="torch"``) as torch code over int64 tensors, ``PRM`` a list of ints,
+    ``TAB`` and ``DOC`` 1-D tensors."""
+    w = _Walker(dialect=dialect)
     result = w.node(expr, q, k, None)
-    setup = tuple(f"_prm{i} = tl.load(PRM + {i})" for i in range(w.num_params))
-    return Predicate(setup, tuple(w.body), result, w.num_params, w.uses_doc, w.uses_table)
+    setup = tuple(f"_prm{i} = {w.load('PRM', str(i))}" for i in range(w.num_params))
+    return Predicate(setup, tuple(w.body), result, w.num_params, w.uses_doc, w.uses_table,
+                     tuple(w.recipes), tuple(w.table_recipes))
 
 
 def bind(expr: ir.Expr, ctx):
