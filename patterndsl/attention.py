@@ -125,14 +125,15 @@ class CompiledPattern:
 
     # -- FlexAttention -------------------------------------------------------------
     def to_mask_mod(self, n: int | None = None, *, nq: int | None = None,
-                    q_offset: int | None = None, layer: int = 0, doc_ids=None):
+                    q_offset: int | None = None, layer: int = 0, doc_ids=None, device=None):
         """An equivalent FlexAttention ``mask_mod(b, h, q_idx, kv_idx)``.
 
         With ``n`` (the number of keys), row ``q_idx`` is position ``q_offset + q_idx``
         (default ``q_offset = n - nq``, ``nq = n``).  Without ``n``, ``q_idx`` and ``kv_idx``
         are absolute positions, which is only allowed for patterns whose meaning does not
         depend on ``n`` (no negative indices, ``random`` or ``blockwise``).  ``h`` selects the
-        spec's ``heads`` line; ``b`` selects the row of ``doc_ids`` ``[B, n]``."""
+        spec's ``heads`` line; ``b`` selects the row of ``doc_ids`` ``[B, n]``.  ``device``: where
+        the mask will be evaluated (its tables are moved there; default: the CPU)."""
         from .plan.context import Context
         from .plan.predicate import evaluate
         rules = [r for r in self.spec.canonical_ir.rules
@@ -170,16 +171,15 @@ class CompiledPattern:
                 raise PsparseUsageError(f"q_offset={q_offset!r}: expected 0 <= q_offset <= n - nq")
             n_ctx = n
         batched_doc = doc is not None and doc.dim() == 2
-        base = Context(n_ctx, doc if doc is not None and not batched_doc else None)
-        # FlexAttention traces mask_mod and forbids side effects: fill the context's lazy
-        # caches (random tables, blockwise inner contexts) now by evaluating once eagerly.
-        probe = torch.zeros((), dtype=torch.int64)
-        warm = _RowContext(base, doc[0]) if batched_doc else base
-        for r in rules:
-            evaluate(r.expr, probe, probe, warm)
+        if device is not None and doc is not None:
+            doc = doc.to(device)
+        # FlexAttention traces mask_mod and forbids side effects: every table the predicate
+        # reads (random blocks, blockwise inner contexts) is built now, on the mask's device.
+        base = _MaskContext.prepare([r.expr for r in rules], Context(n_ctx),
+                                    doc if doc is not None and not batched_doc else None, device)
 
         def mask_mod(b, h, q_idx, kv_idx):
-            ctx = _RowContext(base, doc[b]) if batched_doc else base
+            ctx = base.with_doc(doc[b]) if batched_doc else base
             q = q_idx + offset
             result = None
             covered = None
@@ -471,23 +471,51 @@ def _merge(parts, q, v):
     return out, lse
 
 
-class _RowContext:
-    """A predicate context reading one batch row of ``doc_ids [B, n]`` (everything else from
-    ``base``); built per mask_mod call, so the traced function mutates nothing."""
+class _MaskContext:
+    """What :func:`patterndsl.plan.predicate.evaluate` reads, prepared ahead of time (tables
+    on the mask's device) so that a traced mask_mod only reads it."""
 
-    def __init__(self, base, doc_row):
-        self._base = base
-        self.n = base.n
-        self.doc_ids = doc_row
-        self.inner_level = False
+    def __init__(self, n, doc_ids, tables, inners, inner_level):
+        self.n = n
+        self.doc_ids = doc_ids
+        self.inner_level = inner_level
+        self._tables = tables
+        self._inners = inners
+
+    @classmethod
+    def prepare(cls, exprs, ctx, doc_ids, device, inner_level=False):
+        tables, nested = {}, {}
+
+        def visit(e):
+            if isinstance(e, ir.Random):
+                t = ctx.random_table(e)
+                tables[(e.count, e.block, e.seed, e.causal)] = t if device is None else t.to(device)
+            elif isinstance(e, ir.Blockwise):
+                nested.setdefault(e.block, (e, []))[1].append(e.expr)
+                return
+            for c in e.children():
+                visit(c)
+
+        for e in exprs:
+            visit(e)
+        inners = {b: cls.prepare(body, ctx.inner(node), None, device, True)
+                  for b, (node, body) in nested.items()}
+        return cls(ctx.n, doc_ids, tables, inners, inner_level)
+
+    def with_doc(self, doc_row):
+        return _MaskContext(self.n, doc_row, self._tables, self._inners, self.inner_level)
 
     def random_table(self, node):
-        return self._base.random_table(node)
+        return self._tables[(node.count, node.block, node.seed, node.causal)]
 
     def inner(self, node):
-        return self._base.inner(node)
+        return self._inners[node.block]
 
     def require_doc_ids(self):
+        if self.inner_level:
+            raise PsparseUsageError("`document` cannot appear inside blockwise(...)")
+        if self.doc_ids is None:
+            raise PsparseUsageError("this spec uses `document`: pass doc_ids")
         return self.doc_ids
 
 
