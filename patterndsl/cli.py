@@ -61,7 +61,10 @@ class SpecSource:
 def read_spec(arg: str) -> SpecSource:
     """A literal spec, a file (when ``arg`` names one, or ends in .psp), or stdin for ``-``."""
     if arg == "-":
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        try:
+            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        except (OSError, ValueError) as e:  # closed or unreadable standard input
+            raise CliError(f"cannot read the spec from standard input: {e}") from None
         return SpecSource(_decode(data, "standard input"), "<stdin>")
     # A multi-line argument is spec text, never a file name.
     if "\n" not in arg and (arg.endswith(".psp") or os.path.isfile(arg)):

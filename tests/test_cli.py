@@ -180,6 +180,24 @@ def test_malformed_specs_never_crash(capsys, text):
             assert err.startswith("psparse: error: ")
 
 
+ALPHABET = "local(2)|&-[]:,=#;\n causlbk0123456789_.-heads layers let kv budget pattern é\x00"
+
+
+def test_random_text_never_crashes(capsys):
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.text(alphabet=ALPHABET, max_size=60) | st.text(max_size=30))
+    def check(text):
+        for stage in cli.DUMP_STAGES:
+            # "--" so that a text starting with "-" is the SPEC, not an option.
+            rc, out, err = main(capsys, "dump", "--stage", stage, "--", text)
+            assert rc in (0, 1), (text, stage, err)
+            assert "Traceback" not in err and "internal error" not in err
+
+    check()
+
+
 def test_no_traceback_in_a_real_process():
     r = run("show", "local(2) |", "-n", "4")
     assert r.returncode == 1
