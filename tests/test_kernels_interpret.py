@@ -335,3 +335,20 @@ def test_self_contained_module(tmp_path):
     want = reference(mask.unsqueeze(0), a["q"], a["k"], a["v"], a["dout"], scale=16 ** -0.5)
     for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), (a["out"], a["lse"], a["dq"], a["dk"], a["dv"]), want):
         assert rel(x, y) < TOL, name
+
+
+def test_kernel_cache_rewrites_corrupted_entries_and_dumps(tmp_path, monkeypatch):
+    from patterndsl.codegen import triton_backend as tb
+    from patterndsl.codegen.render import kernel_source
+    monkeypatch.setenv("PSPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PSPARSE_DUMP_DIR", str(tmp_path / "dump"))
+    name, src = kernel_source(E("causal & local(7) | global([3])"))
+    path = tb._materialise(name, src)
+    assert path.parent.parent == tmp_path / "cache" and path.read_text() == src
+    assert (tmp_path / "dump" / path.name).read_text() == src
+    path.write_text(src[: len(src) // 2])  # a truncated entry is never trusted
+    assert tb._materialise(name, src) == path and path.read_text() == src
+    path.write_bytes(b"\xff\xfe garbage")
+    tb._materialise(name, src)
+    assert path.read_text() == src
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
