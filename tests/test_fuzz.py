@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import patterndsl
 from patterndsl import ir
 from patterndsl.errors import PsparseError, PsparseSemanticError, PsparseSyntaxError
-from patterndsl.lower import lower
+from patterndsl.lower import MAX_DEPTH, lower
 from patterndsl.parser import MAX_NESTING, parse_tree
 
 FUZZ = settings(max_examples=300, deadline=None,
@@ -101,7 +101,8 @@ CORPUS = [
     "vertical(topk=5, by=norm) | blocks(topk=4, block=32)",
     ("# a file\nlet w = local(128) & causal\npattern = w | sink(4)\n"
      "heads 0:8 = causal & (vertical(topk=1000) | slash(topk=6000))\nlayers 0 = all\n"
-     "layers 1: heads 8::2 = w\nkv = sink(4) + recent(1024) + heavy(256)\nbudget = pyramid(beta=20)\n"),
+     "layers 1: heads 8::2 = w\nkv = sink(4) + recent(1024) + heavy(256)\n"
+     "budget = pyramid(beta=20)\n"),
     "causal\nkv = auto\nbudget = adaptive(floor=0.25)",
     "heads 0 = causal; heads 1 = local(2); kv = snap(100, window=16, pool=5) + norm(3, low=true)",
     "pattern = causal & (\n  local(64)\n  | global([0,\n  -1])\n)\n",
@@ -279,3 +280,17 @@ def test_layers_heads_overlap_needs_both_sides(la, ha, lb, hb):
     with pytest.raises(PsparseSemanticError) as info:
         front(text)
     assert f"(both cover layer {min(layers)}, head {min(heads)})" in info.value.message
+
+
+def test_deepest_allowed_inputs_survive_the_whole_front_end():
+    """At the nesting limits, lowering, passes and printer all finish without recursing
+    too deep."""
+    deepest = [
+        "blockwise(2,\n" * (MAX_NESTING - 2) + "rows([0])" + ")" * (MAX_NESTING - 2),
+        "(" * (MAX_NESTING - 1) + "causal"
+        + "".join(f" | local({i}))" for i in range(MAX_NESTING - 1)),
+        "all" + " - causal" * (MAX_DEPTH - 1),
+        "(" * 49 + "causal" + "".join(f" & local({i}) - sink({i}))" for i in range(49)),
+    ]
+    for text in deepest:
+        assert isinstance(patterndsl.parse(text), patterndsl.Spec)

@@ -517,7 +517,8 @@ def test_parse_tree_gives_positions():
     tree = parse_tree(text)
     assert isinstance(tree, lark.Tree)
     stmt = tree.children[0]
-    assert (stmt.meta.line, stmt.meta.column, stmt.meta.end_line, stmt.meta.end_column) == (1, 1, 2, 12)
+    meta = stmt.meta
+    assert (meta.line, meta.column, meta.end_line, meta.end_column) == (1, 1, 2, 12)
     assert (stmt.meta.start_pos, stmt.meta.end_pos) == (0, len(text))
     call = stmt.children[-1].children[0].children[1]
     assert call.data == "call"
@@ -613,3 +614,76 @@ def test_time_grows_linearly_with_the_spec():
     t_small = _best_of(lambda: prog(small), 3)
     t_big = _best_of(lambda: prog(big), 2)
     assert t_big < 8 * t_small * 2.5, (t_small, t_big)
+
+
+# ---------------------------------------------------------------------------
+# The tokenizer agrees with lark's own contextual lexer
+# ---------------------------------------------------------------------------
+
+class _DropNewlinesInBrackets(lark.lark.PostLex):
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        for tok in stream:
+            if tok.type in ("_LPAR", "LSQB"):
+                depth += 1
+            elif tok.type in ("RPAR", "RSQB"):
+                depth = max(0, depth - 1)
+            elif tok.type == "_NL" and depth:
+                continue
+            yield tok
+
+
+def _shape(node):
+    """A tree as nested tuples, with every token's type, text and position."""
+    if isinstance(node, lark.Tree):
+        return (node.data, tuple(_shape(c) for c in node.children))
+    return (node.type, str(node), node.line, node.column, node.end_line, node.end_column,
+            node.start_pos, node.end_pos)
+
+
+AGREEMENT = ([t for t, _ in PRIMITIVES] + [t for t, _ in OPERATORS] + LAYOUTS
+             + [f"rows({t})" for t, _ in INDEX_SETS] + [f"heads {t} = causal" for t, _ in SELECTORS]
+             + [f"causal\nkv = {t}" for t, _ in KV] + [f"budget = {t}\ncausal" for t, _ in BUDGETS]
+             + ["let w = local(2)\nlet ww = w | w\nheads 0 = ww & causal\nheads 1 = w",
+                "pattern = causal & (\n  local(128)  # c\n  | global([0,\n -1]))\nkv = auto",
+                "layers 0:4 heads 2 = causal;layers 4: = all"])
+
+
+def test_tokens_match_larks_contextual_lexer():
+    from patterndsl.parser import PositionedTree, grammar_text
+    reference = lark.Lark(grammar_text(), parser="lalr", lexer="contextual",
+                          maybe_placeholders=False, tree_class=PositionedTree,
+                          postlex=_DropNewlinesInBrackets())
+    for text in AGREEMENT:
+        assert _shape(parse_tree(text)) == _shape(reference.parse(text)), text
+
+
+def test_every_ir_node_has_a_span():
+    text = textwrap.dedent("""\
+        let g = global([0, 1:9:2])
+        pattern = causal & (local(4) | g | slash([0:4, -8]) | random(2) - every(3, 1))
+        heads 0:2 = blockwise(8, local(1)) | vertical(topk=3) | blocks(2) | slash(topk=1)
+        layers 1 heads 2: = document & (rows([5]) | cols([-1]) | prefix(3) | sink(1))
+        layers 0 = all | none | block(4) | stride(2) | dilated(2, 2) | vertical([0])
+        kv = sink(4) + recent(8) + heavy(2) + snap(3) + norm(1, low=true)
+        budget = adaptive(floor=0.5)
+        """)
+    p = prog(text)
+    seen = 0
+    stack = [p]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            stack.extend(node)
+            continue
+        if not hasattr(node, "__dataclass_fields__"):
+            continue
+        if "span" in node.__dataclass_fields__:
+            assert node.span is not None, node
+            piece = text[node.span.start_pos:node.span.end_pos]
+            assert piece and piece == piece.strip(), (node, piece)
+            seen += 1
+        stack.extend(getattr(node, f) for f in node.__dataclass_fields__ if f != "span")
+    assert seen > 45
