@@ -295,8 +295,8 @@ def _accepts(state) -> set[str]:
     for term in state.parse_conf.states[state.position]:
         if not (term.isupper() or term == "$END"):
             continue  # a rule name (goto entry), not a terminal
-        probe = state.copy(deepcopy_values=False)
-        probe.parse_conf = conf
+        # Plain lists are enough: probing never looks at the values (no callbacks run).
+        probe = type(state)(conf, state.lexer, list(state.state_stack), list(state.value_stack))
         try:
             probe.feed_token(lark.Token(term, ""), is_end=(term == "$END"))
         except (UnexpectedToken, AssertionError, KeyError):

@@ -14,7 +14,7 @@ from patterndsl.errors import PsparseError, PsparseSemanticError, PsparseSyntaxE
 from patterndsl.lower import MAX_DEPTH, lower
 from patterndsl.parser import MAX_NESTING, parse_tree
 
-FUZZ = settings(max_examples=300, deadline=None,
+FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
@@ -141,7 +141,7 @@ def test_corpus_is_valid():
         assert isinstance(patterndsl.parse(text), patterndsl.Spec)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_specs_parse_or_raise_psparse_errors(text):
     result = outcome(front, text)
@@ -252,7 +252,7 @@ def _members(start, length, step, horizon):
     return set(range(start, stop, step))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(selector_parts, selector_parts)
 def test_heads_overlap_matches_brute_force(a, b):
     # Two progressions that meet do so below max(start) + lcm(step) <= 20 + 30 = 50.
@@ -267,7 +267,7 @@ def test_heads_overlap_matches_brute_force(a, b):
     assert f"overlaps the one on line 1 (both cover head {min(common)})" in info.value.message
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(selector_parts, selector_parts, selector_parts, selector_parts)
 def test_layers_heads_overlap_needs_both_sides(la, ha, lb, hb):
     layers = _members(*la, 200) & _members(*lb, 200)
