@@ -63,8 +63,10 @@ class PsparseError(Exception):
             width = 1
             if self.span.end_line == self.span.line:
                 width = max(1, self.span.end_column - self.span.column)
+            # A caret run is capped so that an error about a million-character word stays short.
+            width = min(width, 120)
             lo = max(0, col - 60)
-            hi = min(len(text), col + max(width, 1) + 60)
+            hi = min(len(text), col + width + 60)
             shown = ("..." if lo > 0 else "") + text[lo:hi] + ("..." if hi < len(text) else "")
             pad = col - lo + (3 if lo > 0 else 0)
             width = min(width, max(1, hi - col))
