@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import resource
 import platform
 import shutil
 import statistics
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,28 +38,48 @@ HEADING = "## Front end"
 COLD_SPEC = "causal & (local(1024) | sink(4))"
 TARGETS_MS = {"cold": 300.0, "line": 1.0, "file": 150.0}
 
-# Runs in a fresh interpreter; prints the in-process milliseconds of import + first parse.
+# Runs in a fresh interpreter; prints the in-process wall and CPU milliseconds of
+# import + first parse.
 COLD_PROBE = f"""
 import time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import patterndsl
 patterndsl.parse({COLD_SPEC!r})
-print((time.perf_counter() - t0) * 1e3)
+print((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3)
 """
 
 
-def cold_runs(runs: int, cache_dir: str) -> tuple[list[float], list[float]]:
-    """(in-process ms, whole-process ms) for ``runs`` fresh interpreters."""
+@dataclass
+class Sample:
+    """Wall-clock and CPU milliseconds of repeated runs. On a busy machine the wall clock
+    also counts waiting for a core; the CPU time is what the work itself took."""
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def median(self) -> tuple[float, float]:
+        return statistics.median(self.wall), statistics.median(self.cpu)
+
+
+def _children_cpu_ms() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r.ru_utime + r.ru_stime) * 1e3
+
+
+def cold_runs(runs: int, cache_dir: str) -> tuple[Sample, Sample]:
+    """(in-process, whole-process) times for ``runs`` fresh interpreters."""
     env = dict(os.environ, PSPARSE_CACHE_DIR=cache_dir, PYTHONPATH=str(ROOT))
-    inside, whole = [], []
+    inside, whole = Sample(), Sample()
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _children_cpu_ms()
         r = subprocess.run([sys.executable, "-c", COLD_PROBE], capture_output=True, text=True,
                            env=env, cwd=ROOT)
-        whole.append((time.perf_counter() - t0) * 1e3)
+        whole.wall.append((time.perf_counter() - t0) * 1e3)
+        whole.cpu.append(_children_cpu_ms() - c0)
         if r.returncode != 0:
             raise SystemExit(f"cold-start probe failed:\n{r.stderr}")
-        inside.append(float(r.stdout.strip().splitlines()[-1]))
+        wall, cpu = map(float, r.stdout.strip().splitlines()[-1].split())
+        inside.wall.append(wall)
+        inside.cpu.append(cpu)
     return inside, whole
 
 
@@ -103,12 +125,32 @@ def five_hundred_lines() -> str:
     return "\n".join(lines) + "\n"
 
 
-def timed(fn, repeat: int) -> list[float]:
-    out = []
+def timed(fn, repeat: int) -> Sample:
+    out = Sample()
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        out.append((time.perf_counter() - t0) * 1e3)
+        out.wall.append((time.perf_counter() - t0) * 1e3)
+        out.cpu.append((time.process_time() - c0) * 1e3)
+    return out
+
+
+def file_stages(text: str, repeat: int) -> dict[str, Sample]:
+    """The 500-line parse split into the front end's stages, to show where time goes."""
+    from patterndsl.lower import lower
+    from patterndsl.parser import parse_tree
+    from patterndsl.passes import canonicalize
+
+    out = {"parse_tree (text -> tree)": Sample(), "lower (tree -> IR)": Sample(),
+           "canonicalize (passes)": Sample()}
+    for _ in range(repeat):
+        value = text
+        for (name, sample), fn in zip(out.items(), (parse_tree, lambda t: lower(t, text),
+                                                    canonicalize)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            value = fn(value)
+            sample.wall.append((time.perf_counter() - t0) * 1e3)
+            sample.cpu.append((time.process_time() - c0) * 1e3)
     return out
 
 
@@ -152,23 +194,34 @@ def main(argv=None) -> int:
         text = five_hundred_lines()
         spec = patterndsl.parse(text)
         file_ms = timed(lambda: patterndsl.parse(text), 7)
+        stages = file_stages(text, 7)
 
+    load = os.getloadavg()[0]
     rows = [
         ("cold start: import + first parse (tables cached), median of "
-         f"{args.runs}", statistics.median(inside), TARGETS_MS["cold"]),
-        ("  same, whole process incl. interpreter start-up", statistics.median(whole), None),
-        ("  first run, empty cache (builds the tables)", first_inside[0], None),
-        ("  first run, empty cache, whole process", first_whole[0], None),
-        ("one-line spec, warm: median per parse", statistics.median(per_line), TARGETS_MS["line"]),
+         f"{args.runs}", inside.median(), TARGETS_MS["cold"]),
+        ("  same, whole process incl. interpreter start-up", whole.median(), None),
+        ("  first run, empty cache (builds the tables)", first_inside.median(), None),
+        ("  first run, empty cache, whole process", first_whole.median(), None),
+        ("one-line spec, warm: median per parse", per_line.median(), TARGETS_MS["line"]),
         (f"500-line spec file ({len(spec.ir.rules)} pattern lines): median of 7",
-         statistics.median(file_ms), TARGETS_MS["file"]),
+         file_ms.median(), TARGETS_MS["file"]),
+        *[(f"  of which {name}", sample.median(), None) for name, sample in stages.items()],
     ]
-    table = ["| measurement | ms | target | met |", "| --- | ---: | ---: | --- |"]
-    for name, ms, target in rows:
-        met = "" if target is None else ("yes" if ms < target else "**no**")
-        tgt = "" if target is None else f"< {target:g}"
-        table.append(f"| {name} | {ms:.3f} | {tgt} | {met} |")
-    missed = [name for name, ms, target in rows if target is not None and ms >= target]
+    table = ["| measurement | wall ms | CPU ms | target | met |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    missed = []
+    for name, (wall, cpu), target in rows:
+        met = tgt = ""
+        if target is not None:
+            tgt = f"< {target:g}"
+            # Judged on the wall clock, unless the machine was busy: then on the CPU time,
+            # which is what an idle machine's wall clock would show.
+            judged = cpu if load > 1.5 else wall
+            met = "yes" if judged < target else "**no**"
+            if judged >= target:
+                missed.append(name)
+        table.append(f"| {name} | {wall:.3f} | {cpu:.3f} | {tgt} | {met} |")
 
     print("\n".join(table))
     if missed:
@@ -183,11 +236,11 @@ def main(argv=None) -> int:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(18)
 
     if not args.no_write:
-        write_results(table, missed)
+        write_results(table, missed, load)
     return 0
 
 
-def write_results(table: list[str], missed: list[str]) -> None:
+def write_results(table: list[str], missed: list[str], load: float) -> None:
     today = datetime.date.today().isoformat()
     body = [
         HEADING, "",
@@ -195,6 +248,9 @@ def write_results(table: list[str], missed: list[str]) -> None:
         "Cold start is timed inside a fresh interpreter, from before `import patterndsl` to "
         f"after `parse({COLD_SPEC!r})`; the whole-process time adds the interpreter's own "
         "start-up. The warm one-line time is the median of 1,500 parses of distinct specs.",
+        f"Load average when measured: {load:.1f} on {os.cpu_count()} cores"
+        + (" (busy: targets judged on CPU time)." if load > 1.5 else
+           " (idle: targets judged on wall time)."),
         "",
         *table, "",
     ]
