@@ -146,6 +146,7 @@ def test_non_utf8_file(tmp_path, capsys):
      "dynamic terms"),
     (("show", "heads 0:2 = causal", "-n", "8", "--head", "3"), "no line of the spec covers head 3"),
     (("show", "causal & document", "-n", "8"), "--doc-ids"),
+    (("show", "kv = sink(4) + recent(8)", "-n", "8"), "no pattern"),
 ])
 def test_spec_cannot_be_drawn_as_asked(capsys, args, message, monkeypatch):
     monkeypatch.chdir(ROOT)
