@@ -28,8 +28,10 @@ from ._walk import bottom_up, nary
 
 def _dedupe(terms):
     out: list[ir.Expr] = []
+    seen: set = set()
     for t in terms:
-        if t not in out:
+        if t not in seen:
+            seen.add(t)
             out.append(t)
     return out
 

@@ -68,26 +68,33 @@ def _in_range(x: int, s: ir.Slice) -> bool:
     return x in range(s.start, s.stop, 1 if s.step is None else s.step)
 
 
+def _sorted_unique(items, key) -> tuple:
+    out: list = []
+    for it in sorted(items, key=key):
+        # Equal items have equal keys, so after sorting a duplicate sits next to its twin.
+        if not out or out[-1] != it:
+            out.append(it)
+    return tuple(out)
+
+
 def normalize_index(index: ir.IndexSet) -> ir.IndexSet:
-    items: list = []
-    for it in sorted((_plain_step(i) for i in index.items), key=index_item_key):
-        if it not in items:
-            items.append(it)
-    items = tuple(items)
+    items = _sorted_unique((_plain_step(i) for i in index.items), index_item_key)
     return index if items == index.items else ir.IndexSet(items, span=index.span)
 
 
+# Above this many (integer, slice) pairs an offset set keeps integers that a slice repeats.
+_PAIR_LIMIT = 65536
+
+
 def normalize_offsets(offsets: ir.IndexSet) -> ir.IndexSet:
-    slices = [i for i in (_plain_step(x) for x in offsets.items)
-              if isinstance(i, ir.Slice) and len(range(i.start, i.stop, i.step or 1))]
-    kept: list = []
-    for it in sorted(set(slices) | {i for i in offsets.items if not isinstance(i, ir.Slice)},
-                     key=offset_item_key):
+    items = [i for i in (_plain_step(x) for x in offsets.items)
+             if not isinstance(i, ir.Slice) or len(range(i.start, i.stop, i.step or 1))]
+    items = _sorted_unique(items, offset_item_key)
+    slices = [i for i in items if isinstance(i, ir.Slice)]
+    if slices and len(slices) * (len(items) - len(slices)) <= _PAIR_LIMIT:
         # Offsets are literal, so an integer that one of the slices already names adds nothing.
-        if not isinstance(it, ir.Slice) and any(_in_range(it, s) for s in slices):
-            continue
-        kept.append(it)
-    items = tuple(kept)
+        items = tuple(i for i in items
+                      if isinstance(i, ir.Slice) or not any(_in_range(i, s) for s in slices))
     return offsets if items == offsets.items else ir.IndexSet(items, span=offsets.span)
 
 
@@ -139,6 +146,8 @@ def _merge_blocks(blocks: list, is_union: bool) -> list:
     """Drop each block size that another one makes redundant: in a union the one that
     divides a larger size, in an intersection the one that a smaller size divides."""
     sizes = sorted({b.size for b in blocks})
+    if len(sizes) > _PAIR_LIMIT ** 0.5:
+        return _sorted_unique(blocks, lambda b: b.size)
     keep = set()
     for s in sizes:
         others = [o for o in sizes if o != s]

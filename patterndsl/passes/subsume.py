@@ -28,9 +28,28 @@ from ._walk import bottom_up, nary
 from .merge import index_item_key, offset_item_key
 from .sort import term_key
 
-# Finite progressions up to this many elements may be checked element by element
-# when no single progression of the other side covers them.
-_ENUMERATE_LIMIT = 4096
+# Bounds that keep the pass fast on pathological input (a megabyte one-liner): beyond
+# them the oracle answers False and the pass keeps terms, which is always safe.
+_PAIRWISE_LIMIT = 64  # terms of one chain (or items of one set) compared pairwise
+_SET_LIMIT = 256  # items of an index or offset set that get described at all
+_WORK_LIMIT = 4096  # pairs of progressions (or of position items) compared per question
+
+
+def _memo(fn):
+    """Remember ``fn(node)`` per node object: the pair loops ask about the same node often."""
+    cache: dict = {}
+
+    def wrapper(node):
+        hit = cache.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        if len(cache) > 65536:
+            cache.clear()
+        out = fn(node)
+        cache[id(node)] = (node, out)  # holding the node keeps its id from being reused
+        return out
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
 
 
 # ---------------------------------------------------------------------------
@@ -83,11 +102,36 @@ def _ap_in_ap(a: _AP, b: _AP) -> bool:
     return a.mod % b.mod == 0 and a.res % b.mod == b.res
 
 
+def _covered_by_runs(lo: int, hi: int, b_list) -> bool:
+    """Every integer in [lo, hi] lies in one of the step-1 progressions (runs) of b_list."""
+    runs = sorted(((b.lo, b.hi) for b in b_list if b.mod == 1),
+                  key=lambda r: (r[0] is not None, r[0] or 0))
+    reached = lo - 1  # everything in [lo, reached] is covered
+    for start, stop in runs:
+        if start is not None and start > reached + 1:
+            break
+        if stop is None or stop >= hi:
+            return True
+        reached = max(reached, stop)
+    return False
+
+
+# Elements of a progression that may be checked one by one when no single progression of
+# the other side holds it, e.g. slash([0, 2, 4]) inside slash([0]) | slash([2:5]).
+_ENUMERATE_LIMIT = 256
+
+
 def _aps_subset(a_list, b_list) -> bool:
+    if len(a_list) * len(b_list) > _WORK_LIMIT:
+        return False
     for a in a_list:
         if any(_ap_in_ap(a, b) for b in b_list):
             continue
-        if a.lo is None or a.hi is None or (a.hi - a.lo) // a.mod >= _ENUMERATE_LIMIT:
+        if a.lo is None or a.hi is None:
+            return False
+        if a.mod == 1 and _covered_by_runs(a.lo, a.hi, b_list):
+            continue
+        if ((a.hi - a.lo) // a.mod + 1) * len(b_list) > _ENUMERATE_LIMIT:
             return False
         if not all(any(_contains(b, x) for b in b_list) for x in range(a.lo, a.hi + 1, a.mod)):
             return False
@@ -98,18 +142,20 @@ def _aps_subset(a_list, b_list) -> bool:
 # Offset sets (q - k)
 # ---------------------------------------------------------------------------
 
+def _offset_ap(item) -> _AP | None:
+    if isinstance(item, ir.Slice):
+        return _range_ap(item.start, item.stop, 1 if item.step is None else item.step)
+    return _AP(item, item)
+
+
+@_memo
 def _offset_items(index: ir.IndexSet):
-    out = []
-    for item in index.items:
-        if isinstance(item, ir.Slice):
-            ap = _range_ap(item.start, item.stop, 1 if item.step is None else item.step)
-        else:
-            ap = _AP(item, item)
-        if ap is not None:
-            out.append(ap)
-    return out
+    if len(index.items) > _SET_LIMIT:
+        return None
+    return [ap for ap in map(_offset_ap, index.items) if ap is not None]
 
 
+@_memo
 def _offsets(e: ir.Expr):
     """The offsets ``q - k`` that ``e`` allows, as progressions, when ``e`` depends on them alone."""
     if isinstance(e, ir.All):
@@ -126,7 +172,7 @@ def _offsets(e: ir.Expr):
         reach = e.width * e.dilation
         return [_ap(-reach, reach, e.dilation, 0)]
     if isinstance(e, ir.Slash):
-        return _offset_items(e.offsets)
+        return _offset_items(e.offsets)  # None for a set too large to describe
     return None
 
 
@@ -197,12 +243,18 @@ def _item_desc(item):
     return ("raw", item)
 
 
+@_memo
 def _index_desc(index: ir.IndexSet):
+    """None for a set too large to describe."""
+    if len(index.items) > _SET_LIMIT:
+        return None
     return [d for d in (_item_desc(i) for i in index.items) if d is not None]
 
 
 def _position_subset(a_desc, b_desc) -> bool:
     """Every position selected by a_desc is selected by b_desc, for every n."""
+    if a_desc is None or b_desc is None or len(a_desc) * len(b_desc) > _WORK_LIMIT:
+        return False
     b_abs = [d[1] for d in b_desc if d[0] == "abs"]
     b_rel = [d[1] for d in b_desc if d[0] == "rel"]
     b_raw = [d[1] for d in b_desc if d[0] == "raw"]
@@ -222,6 +274,7 @@ def _position_subset(a_desc, b_desc) -> bool:
     return True
 
 
+@_memo
 def _key_positions(e: ir.Expr):
     """The keys ``e`` allows when it depends on ``k`` alone (sink, every, cols)."""
     if isinstance(e, ir.Cols):
@@ -320,6 +373,8 @@ def _reduce(terms, covered, key=term_key) -> list:
     Terms are visited in canonical order and a kept term is only ever replaced by one
     that covers it, so every dropped term is covered by some term that stays, even when
     the oracle proves two equal terms contain each other, or proves a cycle only one way."""
+    if len(terms) > _PAIRWISE_LIMIT:
+        return list(terms)
     kept: list[int] = []
     for i in sorted(range(len(terms)), key=lambda i: key(terms[i])):
         t = terms[i]
@@ -333,14 +388,15 @@ def _reduce(terms, covered, key=term_key) -> list:
 def _reduce_items(e: ir.Expr) -> ir.Expr:
     """Drop items of an index or offset set that other items of the same set already
     select (``[0, 5, 0:64]`` is ``[0:64]``), and items that select nothing for every n."""
+    index = e.offsets if isinstance(e, ir.Slash) else e.index
+    if len(index.items) > _PAIRWISE_LIMIT:
+        return e
     if isinstance(e, ir.Slash):
-        index = e.offsets
-        descs = [_offset_items(ir.IndexSet((i,))) for i in index.items]
+        descs = [[] if ap is None else [ap] for ap in map(_offset_ap, index.items)]
         covered = lambda x, y: _aps_subset(descs[x], descs[y])  # noqa: E731
         key = offset_item_key
     else:
-        index = e.index
-        descs = [_index_desc(ir.IndexSet((i,))) for i in index.items]
+        descs = [[] if d is None else [d] for d in map(_item_desc, index.items)]
         covered = lambda x, y: _position_subset(descs[x], descs[y])  # noqa: E731
         key = index_item_key
     live = [i for i, d in enumerate(descs) if d]
