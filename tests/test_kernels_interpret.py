@@ -152,7 +152,7 @@ def test_single_part(spec, n, nq, view, opts):
 # Two parts with different views: P1 = E & X on one view, P2 = E - X on another.
 SPLITS = [
     ("causal & (local(8) | stride(8))", "local(8)", (1, 1, 32, 32), (8, 8, 16, 16), 128, {}),
-    ("causal & stride(8)", "local(20)", (1, 1, 32, 32), (4, 4, 16, 16), 64, dict(Hq=4, Hkv=2)),
+    ("causal & stride(8)", "local(20)", (1, 1, 32, 32), (4, 4, 16, 16), 64, dict(Hq=2, Hkv=1)),
     ("local(12) | global([0:4]) | random(2, block=16, seed=0)", "local(12)", (1, 1, 32, 32),
      (1, 1, 64, 64), 96, dict(D=64)),
 ]
@@ -352,3 +352,41 @@ def test_kernel_cache_rewrites_corrupted_entries_and_dumps(tmp_path, monkeypatch
     tb._materialise(name, src)
     assert path.read_text() == src
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_kernels_compile_ahead_of_time_for_sm90():
+    """The compiled path has rules the interpreter does not check (fixed loop-carried
+    types, constexpr branches): compile both kernels for an H100 target without a GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.errors import CompilationError
+    from patterndsl.codegen.triton_backend import kernel_module
+
+    name, mod = kernel_module(E("causal & local(16) | global([0, -1]) | random(2, block=16) - document"
+                                " | blockwise(16, slash([0, 3:9:2])) & every(3, 1)"))
+    constexprs = dict(S=2, BLOCK_M=64, BLOCK_N=32, BLOCK_D=32, BLOCK_DV=32, HAS_KV_LENS=True,
+                      HAS_PARTIAL=True, DOT_PREC="tf32", UPCAST=False)
+    for which in ("fwd", "bwd"):
+        fn = getattr(mod, f"{name}_{which}")
+        sig = {}
+        for arg in fn.arg_names:
+            if arg in constexprs:
+                sig[arg] = "constexpr"
+            elif arg in ("Q", "K", "V", "DO"):
+                sig[arg] = "*fp16"
+            elif arg in ("OUT", "LSE", "DELTA", "DQP", "DKP", "DVP"):
+                sig[arg] = "*fp32"
+            elif arg == "DOC":
+                sig[arg] = "*i64"
+            elif arg in ("PRM", "TAB", "KVLEN", "KV_LO", "KV_HI", "KV_FULL"):
+                sig[arg] = "*i32"
+            else:
+                sig[arg] = "fp32" if arg.endswith("scale") else "i32"
+        try:
+            triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", 90, 32),
+                           options=dict(num_warps=4))
+        except CompilationError:
+            raise
+        except Exception as e:  # no CUDA toolchain in this triton build: nothing to check
+            pytest.skip(f"cannot compile for CUDA here: {type(e).__name__}: {e}")
