@@ -13,14 +13,14 @@ import random as _random
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patterndsl import ir
 from patterndsl.passes import (canonicalize, canonicalize_expr, flatten, merge,
                                simplify_identities, sort_terms, subset, subsume)
 from patterndsl.printer import to_text
-from strategies import exprs, programs, static_exprs, static_leaves
+from strategies import exprs, programs, static_exprs
 
 S = ir.Slice
 I = lambda *items: ir.IndexSet(tuple(items))  # noqa: E731
