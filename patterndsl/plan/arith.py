@@ -84,3 +84,23 @@ def pow2_floor(x: int) -> int:
 
 def largest_pow2_divisor(x: int) -> int:
     return x & -x
+
+
+def single_threaded(fn):
+    """Run ``fn`` with one intra-op thread, restoring the caller's setting.
+
+    Plans work on arrays of about n / block entries: far too small for a thread pool to
+    pay, and on a busy machine the pool's synchronisation costs ten times the work."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        if before == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper

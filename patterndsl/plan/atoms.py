@@ -315,24 +315,27 @@ def count_rects(sums: Sum, q0, q1, k0, k1, ctx: Context) -> torch.Tensor:
     R = q0.numel()
     out = torch.zeros(R, dtype=torch.int64)
     batches = []
+    # Group splits depend only on the groups and the rectangles: shared by every atom.
+    splits: dict = {}
+    every = torch.arange(R, dtype=torch.int64)
     for a, coef in sums.items():
         P = _params(a)
         if P is None:
             continue
-        qa = torch.clamp(q0, min=a.qlo)
-        qb = torch.clamp(q1, max=a.qhi)
-        ka = torch.clamp(k0, min=a.klo)
-        kb = torch.clamp(k1, max=a.khi)
-        rid = torch.arange(R, dtype=torch.int64)
-        keep = (qa < qb) & (ka < kb)
+        if a.groups:
+            if a.groups not in splits:
+                splits[a.groups] = _split_groups(a.groups, q0, q1, k0, k1, every, ctx)
+            qa, qb, ka, kb, rid = splits[a.groups]
+        else:
+            qa, qb, ka, kb, rid = q0, q1, k0, k1, every
+        qa = torch.clamp(qa, min=a.qlo)
+        qb = torch.clamp(qb, max=a.qhi)
+        ka = torch.clamp(ka, min=a.klo)
+        kb = torch.clamp(kb, max=a.khi)
+        # keep pieces whose rows, keys and band can still meet
+        keep = (qa < qb) & (ka < kb) & (qa - kb + 1 < a.dhi) & (qb - 1 - ka >= a.dlo)
         if not bool(keep.all()):
             qa, qb, ka, kb, rid = qa[keep], qb[keep], ka[keep], kb[keep], rid[keep]
-        if a.groups:
-            qa, qb, ka, kb, rid = _split_groups(a.groups, qa, qb, ka, kb, rid, ctx)
-            # keep pieces whose rows, keys and band can still meet
-            keep = (qa < qb) & (ka < kb) & (qa - kb + 1 < a.dhi) & (qb - 1 - ka >= a.dlo)
-            if not bool(keep.all()):
-                qa, qb, ka, kb, rid = qa[keep], qb[keep], ka[keep], kb[keep], rid[keep]
         if rid.numel():
             batches.append((rid, qa, qb, ka, kb, a, P, coef))
     if not batches:

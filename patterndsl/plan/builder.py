@@ -1,14 +1,13 @@
 """``build_plan``: option checks, caching, and assembling the parts of a plan."""
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 
 import torch
 
 from .. import ir
 from ..errors import PsparseUsageError
-from .accounting import executed_pairs  # noqa: F401  (re-exported for callers of builder)
+from .arith import single_threaded
 from .combine import tile_spaces
 from .context import Context, check_static
 from .model import Part, Plan
@@ -21,17 +20,23 @@ MAX_N = 1 << 40
 
 
 class _DocKey:
-    """doc_ids as a cache key: hashed by content (O(n) once), compared by content."""
+    """doc_ids as a cache key, by content: the runs of equal ids (starts and ids) are what a
+    plan depends on, and they are short, so hashing them is cheap."""
 
     def __init__(self, doc: torch.Tensor):
+        from .tables import document_runs
         self.doc = doc
-        self._hash = hashlib.blake2b(doc.numpy().tobytes(), digest_size=16).hexdigest()
+        starts, _, ids = document_runs(doc)
+        self.runs = (starts, ids)
+        self._hash = hash((doc.numel(), starts.numpy().tobytes(), ids.numpy().tobytes()))
 
     def __hash__(self):
-        return hash(self._hash)
+        return self._hash
 
     def __eq__(self, other):
-        return isinstance(other, _DocKey) and self._hash == other._hash and torch.equal(self.doc, other.doc)
+        return (isinstance(other, _DocKey) and self._hash == other._hash
+                and self.doc.numel() == other.doc.numel()
+                and all(torch.equal(a, b) for a, b in zip(self.runs, other.runs)))
 
 
 def _int(name, v, lo):
@@ -91,6 +96,7 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
 
 
 @lru_cache(maxsize=256)
+@single_threaded
 def _cached(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, doc_key) -> Plan:
     ctx = Context(n, doc_key.doc if doc_key is not None else None)
     parts = []

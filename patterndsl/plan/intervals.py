@@ -80,34 +80,36 @@ def compact(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
 def norm(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     """Normalise any set of intervals (sort, then merge overlapping or touching ones)."""
     T, K = lo.shape
-    if K == 0:
-        return empty(T)
+    if K <= 1:
+        return compact(lo, hi) if K else empty(T)
+    bad = hi <= lo
+    order = torch.argsort(lo.masked_fill(bad, INF + 1), dim=1)
+    return merge_sorted(torch.gather(lo, 1, order), torch.gather(hi, 1, order))
+
+
+def merge_sorted(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+    """Normalise a set whose non-empty entries are already ordered by ``lo`` (empties may
+    sit anywhere): e.g. a normalised set rounded outwards."""
+    T, K = lo.shape
     if K == 1:
         return compact(lo, hi)
     lo = torch.clamp(lo, -INF, INF)
     hi = torch.clamp(hi, -INF, INF)
-    bad = hi <= lo
-    lo = lo.masked_fill(bad, INF)
-    hi = hi.masked_fill(bad, INF)
-    order = torch.argsort(lo, dim=1)
-    lo = torch.gather(lo, 1, order)
-    hi = torch.gather(hi, 1, order)
-    reach = torch.cummax(hi, dim=1).values
+    real = hi > lo
+    h = hi.masked_fill(~real, -INF - 1)
+    reach = torch.cummax(h, dim=1).values
     prev = torch.cat([torch.full((T, 1), -INF - 1, dtype=torch.int64), reach[:, :-1]], 1)
-    start = (lo > prev) & (lo < INF)
-    # each merged interval runs from its first start to the reach just before the next start
-    nxt = torch.cat([start[:, 1:] | (lo[:, 1:] >= INF), torch.ones((T, 1), dtype=torch.bool)], 1)
-    end = torch.where(nxt & (lo < INF), reach, torch.full_like(reach, INF))
-    # keep (start lo) paired with the reach at the last member: shift ends to their start slot
+    start = real & (lo > prev)
     gid = torch.cumsum(start, 1) - 1
     K2 = int(start.sum(1).max()) if T else 0
     if K2 == 0:
         return empty(T)
     slot = torch.where(start, gid, torch.full_like(gid, K2))
-    eslot = torch.where(nxt & (lo < INF) & (gid >= 0), gid, torch.full_like(gid, K2))
+    mslot = torch.where(real, gid, torch.full_like(gid, K2))
     nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
-    nhi = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, eslot, end)
-    return nlo[:, :K2], nhi[:, :K2]
+    nhi = torch.full((T, K2 + 1), -INF, dtype=torch.int64).scatter_reduce(1, mslot, h, reduce="amax")
+    nlo, nhi = nlo[:, :K2], nhi[:, :K2]
+    return nlo, torch.where(nlo < INF, nhi, torch.full_like(nhi, INF))
 
 
 def union(a: Iv, b: Iv) -> Iv:

@@ -9,6 +9,7 @@ import torch
 
 from .. import ir
 from .accounting import allowed_pairs, executed_pairs
+from .arith import single_threaded
 from .combine import tile_spaces
 from .context import Context
 from .predicate import evaluate
@@ -69,12 +70,14 @@ class Part:
                               self.k_view.valid_per_tile())
 
     @cached_property
+    @single_threaded
     def allowed_pairs(self) -> int:
         return allowed_pairs(self.predicate, self.context, self.q_view.start, self.q_view.stop)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.kv_lo, self.kv_hi, self.kv_full))
 
+    @single_threaded
     def transpose(self) -> TransposedRuns:
         """The same part indexed by key tile, in closed form (the runs of the transposed
         pattern, rows being keys).  A valid cover with valid full flags; it need not visit
@@ -105,6 +108,7 @@ class Plan:
                 f"{self.block_n}, parts=[{parts}], work_ratio={self.work_ratio:.3f})")
 
     @cached_property
+    @single_threaded
     def allowed_pairs(self) -> int:
         return allowed_pairs(self.expr, self.context, self.q_offset, self.q_offset + self.nq)
 
@@ -140,7 +144,7 @@ class Plan:
         key = (block_m or self.block_m, block_n or self.block_n)
         cache = self.__dict__.setdefault("_layouts", {})
         if key not in cache:
-            cache[key] = build_layout(self.expr, self.context, self.nq, self.q_offset, *key)
+            cache[key] = single_threaded(build_layout)(self.expr, self.context, self.nq, self.q_offset, *key)
         return cache[key]
 
     def to_flex_block_mask(self, block_m: int | None = None, block_n: int | None = None):

@@ -140,7 +140,7 @@ def group(g: Geom, grp) -> tuple:
     lo, hi = grp.runs_of(s0, R)
     b0, b1 = _kconv(g, lo, hi)
     b1 = torch.where(hi > lo, b1, b0)
-    exact = iv.norm(b0, b1)
+    exact = iv.merge_sorted(b0, b1)   # a segment's runs are stored in position order
     if bool(same.all()):
         return exact, exact
     span = int((s1 - s0).max()) + 1

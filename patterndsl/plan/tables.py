@@ -23,10 +23,14 @@ def _signed(u: int) -> int:
     return u - (1 << 64) if u >= 1 << 63 else u
 
 
-def _umod(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``u mod c`` for uint64 bit patterns ``x`` held in int64 (``1 <= c < 2**61``)."""
+def _wrap(c: torch.Tensor) -> torch.Tensor:
+    """``2**64 mod c`` (``1 <= c < 2**61``), built from 2**62 so nothing overflows."""
+    return torch.remainder(torch.remainder(torch.full_like(c, 1 << 62), c) * 4, c)
+
+
+def _umod(x: torch.Tensor, c: torch.Tensor, wrap: torch.Tensor) -> torch.Tensor:
+    """``u mod c`` for uint64 bit patterns ``x`` held in int64, given ``wrap = 2**64 mod c``."""
     r = torch.remainder(x, c)
-    wrap = torch.remainder(torch.remainder(torch.full_like(c, 1 << 62), c) * 4, c)  # 2**64 mod c
     return torch.where(x < 0, torch.remainder(r + wrap, c), r)
 
 
@@ -50,27 +54,19 @@ def random_table(count: int, block: int, seed: int, causal: bool, n: int) -> tor
     base = splitmix64_tensor(torch.tensor(_signed(splitmix64(seed & _MASK64)), dtype=torch.int64) ^ rows)
     held = torch.zeros(nb, dtype=torch.int64)
     active = torch.nonzero(~full).flatten()
-    drawn = 0
-    width = 2 * r + 8
+    wrap = _wrap(cand)
+    j = 0
+    # One draw per still-active row per step, in stream order: a row takes its draw when it
+    # does not hold it yet.  Rows finish after about r steps (a few more on collisions).
     while active.numel():
-        need = target[active] - held[active]
-        width = min(width, max(8, (1 << 22) // (active.numel() * max(r, 1))))
-        steps = torch.arange(drawn, drawn + width, dtype=torch.int64)
-        draws = _umod(splitmix64_tensor(base[active].unsqueeze(1) + steps), cand[active].unsqueeze(1))
-        # A draw is new when the row does not hold it yet and no earlier draw of this chunk
-        # repeated it; the first `need` new draws, in stream order, are taken.
-        have = (draws.unsqueeze(2) == table[active].unsqueeze(1)).any(2)
-        earlier = (draws.unsqueeze(2) == draws.unsqueeze(1)).tril(-1).any(2)
-        new = ~have & ~earlier
-        rank = torch.cumsum(new.to(torch.int64), dim=1)
-        take = new & (rank <= need.unsqueeze(1))
-        rr, cc = take.nonzero(as_tuple=True)
-        slot = held[active[rr]] + rank[rr, cc] - 1
-        table[active[rr], slot] = draws[rr, cc]
-        held[active] += take.sum(1)
+        c = cand[active]
+        v = _umod(splitmix64_tensor(base[active] + j), c, wrap[active])
+        new = ~(table[active] == v.unsqueeze(1)).any(1)
+        rows_new = active[new]
+        table[rows_new, held[rows_new]] = v[new]
+        held[rows_new] += 1
         active = active[held[active] < target[active]]
-        drawn += width
-        width *= 2
+        j += 1
     key = torch.where(table < 0, torch.full_like(table, 1 << 62), table)
     return torch.gather(table, 1, key.argsort(dim=1))
 

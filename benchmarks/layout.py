@@ -1,0 +1,167 @@
+"""Block-layout benchmark: psparse plans vs FlexAttention block masks on the canonical set.
+
+    python benchmarks/layout.py            # everything (FlexAttention at 64K takes minutes)
+    python benchmarks/layout.py --quick    # skip create_block_mask at 64K
+    python benchmarks/layout.py --no-flex  # skip create_block_mask entirely
+
+Columns:
+  density    allowed pairs / (n * n) at n = 32768
+  psparse    the plan's work ratio (executed / allowed pairs) at n = 32768, head_dim 128
+  flex128    work ratio of a 128x128 plain tiling of the same mask (what FlexAttention's
+             BlockMask computes: every non-empty tile whole), from the exact layout
+  plan 16K / plan 64K           psparse plan build time (cold cache, allowed pairs included)
+  flex 16K / flex 64K           create_block_mask(..., _compile=True) on the CPU
+  plan 1M / peak 1M             plan build time and peak extra memory at n = 1,048,576,
+                                measured in a fresh subprocess per spec
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CANONICAL = [
+    "causal",
+    "causal & local(1024)",
+    "local(256) | global([0])",
+    "causal & (sink(4) | local(1024))",
+    "causal & stride(128)",
+    "causal & (local(128) | stride(128))",
+    "causal & dilated(256, 4)",
+    "local(192) | global([0:64]) | random(3, block=64, seed=0)",
+    "causal & document",
+    "causal & block(2048) | sink(64)",
+]
+TARGET = {s: 1.3 for s in ["causal", "causal & local(1024)", "causal & (sink(4) | local(1024))",
+                           "causal & document", "causal & block(2048) | sink(64)"]}
+
+
+def doc_ids(n: int, docs: int = 16, seed: int = 0):
+    """``docs`` documents of random lengths (fixed seed), as run-contiguous ids."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    cuts = torch.sort(torch.randperm(n - 1, generator=g)[: docs - 1] + 1).values
+    d = torch.zeros(n, dtype=torch.int64)
+    d[cuts] = 1
+    return torch.cumsum(d, 0)
+
+
+def _plan(spec, n, **kw):
+    if "document" in spec.source:
+        kw["doc_ids"] = doc_ids(n)
+    return spec.plan(n, **kw)
+
+
+def plan_time(text: str, n: int) -> float:
+    import patterndsl
+    from patterndsl.plan import clear_cache
+    spec = patterndsl.parse(text)
+    _plan(spec, 1024).allowed_pairs      # warm the code paths, not the cache for n
+    clear_cache()
+    t = time.perf_counter()
+    p = _plan(spec, n)
+    p.allowed_pairs
+    return time.perf_counter() - t
+
+
+def flex_time(text: str, n: int) -> float:
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+    import patterndsl
+    spec = patterndsl.parse(text)
+    mod = _plan(spec, n).mask_mod      # the pattern's own mask_mod (same predicate)
+    t = time.perf_counter()
+    create_block_mask(mod, None, None, n, n, device="cpu", BLOCK_SIZE=128, _compile=True)
+    return time.perf_counter() - t
+
+
+def _child_1m(text: str, n: int) -> dict:
+    """Runs in a fresh process: plan time and peak extra memory at n."""
+    import resource
+    import torch
+    import patterndsl
+    spec = patterndsl.parse(text)
+    _plan(spec, 4096).allowed_pairs
+    from patterndsl.plan import clear_cache
+    clear_cache()
+    docs = doc_ids(n) if "document" in text else None
+
+    def rss_kb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    base = rss_kb()
+    t = time.perf_counter()
+    p = spec.plan(n, doc_ids=docs) if docs is not None else spec.plan(n)
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    allowed = p.allowed_pairs
+    count = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"build_s": build, "allowed_s": count, "peak_mb": max(peak - base, 0) / 1024,
+            "plan_mb": p.nbytes() / 2**20, "ratio": p.work_ratio, "allowed": allowed,
+            "threads": torch.get_num_threads()}
+
+
+def one_million(text: str, n: int = 1 << 20) -> dict:
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r});"
+            f"import layout; print(json.dumps(layout._child_1m({text!r}, {n})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="skip create_block_mask at 64K")
+    ap.add_argument("--no-flex", action="store_true", help="skip create_block_mask timings")
+    ap.add_argument("--no-1m", action="store_true", help="skip the n = 1M plan measurements")
+    ap.add_argument("--n", type=int, default=32768, help="length of the work-ratio columns")
+    ap.add_argument("--only", help="run only specs containing this text")
+    args = ap.parse_args(argv)
+    import torch
+    import patterndsl
+
+    specs = [s for s in CANONICAL if not args.only or args.only in s]
+    print(f"# psparse block layouts, {platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    head = (f"| spec | density | psparse | flex128 | plan 16K | plan 64K | flex 16K | flex 64K | "
+            f"plan 1M | peak 1M |")
+    print(head)
+    print("|" + "---|" * 10)
+    failures = []
+    for text in specs:
+        spec = patterndsl.parse(text)
+        p = _plan(spec, args.n)
+        flex_ratio = p.layout(128, 128).executed_pairs / max(p.allowed_pairs, 1)
+        t16 = plan_time(text, 16384)
+        t64 = plan_time(text, 65536)
+        f16 = f64 = None
+        if not args.no_flex:
+            f16 = flex_time(text, 16384)
+            if not args.quick:
+                f64 = flex_time(text, 65536)
+        m = None if args.no_1m else one_million(text)
+        target = TARGET.get(text, 2.0)
+        if p.work_ratio > target:
+            failures.append(text)
+
+        def ms(x):
+            return "-" if x is None else (f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.1f} s")
+        peak = "-" if m is None else f"{m['peak_mb']:.0f} MB"
+        t1m = None if m is None else m["build_s"] + m["allowed_s"]
+        print(f"| `{text}` | {p.density:.4f} | {p.work_ratio:.3f} | {flex_ratio:.2f} | {ms(t16)} | {ms(t64)} | "
+              f"{ms(f16)} | {ms(f64)} | {ms(t1m)} | {peak} |", flush=True)
+    if failures:
+        print(f"\nwork ratio above target for: {failures}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
