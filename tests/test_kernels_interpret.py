@@ -354,6 +354,7 @@ def test_kernel_cache_rewrites_corrupted_entries_and_dumps(tmp_path, monkeypatch
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 def test_kernels_compile_ahead_of_time_for_sm90():
     """The compiled path has rules the interpreter does not check (fixed loop-carried
     types, constexpr branches): compile both kernels for an H100 target without a GPU."""
@@ -390,3 +391,66 @@ def test_kernels_compile_ahead_of_time_for_sm90():
             raise
         except Exception as e:  # no CUDA toolchain in this triton build: nothing to check
             pytest.skip(f"cannot compile for CUDA here: {type(e).__name__}: {e}")
+
+
+# ---------------------------------------------------------------------------
+# Random expressions (hypothesis): the emitted formulas, the module binders, the kernels
+# ---------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from strategies import exprs  # noqa: E402
+
+_EXPRS = exprs(dynamic=False, document=True, random=True, max_leaves=6)
+_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+
+def _torch_predicate(expr):
+    """The torch-dialect predicate of ``expr`` as a function (same formulas as the kernels)."""
+    from patterndsl.codegen.emit import emit
+    p = emit(expr, dialect="torch")
+    lines = ["def f(qc, kc, PRM, TAB, DOC):"] + [f"    {x}" for x in p.setup + p.body] + [f"    return {p.result}"]
+    env = {"torch": torch}
+    exec("\n".join(lines), env)
+    return env["f"]
+
+
+@settings(max_examples=250, **_SETTINGS)
+@given(_EXPRS, st.integers(1, 70), st.data())
+def test_emitted_predicate_matches_reference(expr, n, data):
+    from patterndsl.codegen.emit import bind
+    from patterndsl.plan.context import Context
+    nq = data.draw(st.integers(1, n))
+    q_offset = data.draw(st.integers(0, n - nq))
+    doc = torch.tensor(sorted(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))))
+    ctx = Context(n, doc)
+    prm, tab = bind(expr, ctx)
+    q = torch.arange(q_offset, q_offset + nq)[:, None]
+    k = torch.arange(n)[None, :]
+    got = _torch_predicate(expr)(q, k, prm, tab.to(torch.int64), doc).expand(nq, n)
+    want = expr_mask(expr, n, nq=nq, q_offset=q_offset, doc_ids=doc)
+    assert torch.equal(got, want)
+
+
+@settings(max_examples=25, **_SETTINGS)
+@given(exprs(dynamic=False, document=False, random=True, max_leaves=5), st.integers(1, 60))
+def test_module_masks_match_reference(tmp_path_factory, expr, n):
+    import importlib.util
+    from patterndsl.codegen.module import render_module
+    from patterndsl.printer import to_text
+    src = render_module(to_text(expr))
+    path = tmp_path_factory.mktemp("mod") / "m.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"psparse_test_mod_{abs(hash(src))}", str(path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    canonical = parse(to_text(expr)).pattern()
+    assert torch.equal(mod.mask(n), expr_mask(canonical, n))
+
+
+@settings(max_examples=5, **_SETTINGS)
+@given(exprs(dynamic=False, document=False, random=True, max_leaves=5), st.integers(20, 70),
+       st.sampled_from([(1, 1), (2, 2), (1, 3), (3, 1)]), st.sampled_from([16, 32]))
+def test_random_expressions_in_the_interpreter(expr, n, periods, block):
+    plan = bp.build([(expr, periods[0], periods[1], block, 16)], n, nq=n - n // 5)
+    check(expr, plan, Hq=2, Hkv=1)
