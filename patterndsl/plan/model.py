@@ -134,9 +134,14 @@ class Plan:
         """The element predicate (absolute positions) of the pattern, or of ``expr``."""
         return evaluate(self.expr if expr is None else expr, q, k, self.context)
 
-    def mask_mod(self, b, h, q_idx, kv_idx):
-        """FlexAttention-style ``mask_mod``: ``q_idx`` is a query row of the call."""
-        return evaluate(self.expr, q_idx + self.q_offset, kv_idx, self.context)
+    @property
+    def mask_mod(self):
+        """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` (``q_idx``: a query row of the call)."""
+        expr, off, ctx = self.expr, self.q_offset, self.context
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return evaluate(expr, q_idx + off, kv_idx, ctx)
+        return mask_mod
 
     def layout(self, block_m: int | None = None, block_n: int | None = None):
         """Exact empty/partial/full classes of the plain tiling (built when asked, cached)."""
