@@ -43,6 +43,13 @@ class View:
 
 
 @dataclass(frozen=True, eq=False)
+class Transposed:
+    q_lo: torch.Tensor
+    q_hi: torch.Tensor
+    q_full: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
 class Part:
     predicate: object
     q_view: View
@@ -50,6 +57,43 @@ class Part:
     kv_lo: torch.Tensor
     kv_hi: torch.Tensor
     kv_full: torch.Tensor
+    masks: tuple  # (any, all) over rows q - q_offset, for transpose()
+
+    def transpose(self):
+        some, every = self.masks
+        q_offset = self.q_view.start
+        lo, hi, fu = _runs(some.T, every.T, self.k_view.positions().view(self.k_view.num_tiles, -1),
+                           self.q_view.positions().view(self.q_view.num_tiles, -1) - q_offset, 0)
+        return Transposed(lo, hi, fu)
+
+
+def _runs(some, every, row_tiles, col_tiles, row_shift):
+    """Maximal runs of column tiles holding an allowed pair, per row tile; full when every
+    valid pair is allowed by every batch row."""
+    runs = []
+    for t in range(row_tiles.shape[0]):
+        rows = row_tiles[t][row_tiles[t] >= 0] - row_shift
+        cur = []
+        for j in range(col_tiles.shape[0]):
+            cols = col_tiles[j][col_tiles[j] >= 0]  # padding slots are negative
+            if rows.numel() == 0 or cols.numel() == 0:
+                continue
+            if not bool(some[rows][:, cols].any()):
+                continue
+            full = bool(every[rows][:, cols].all())
+            if cur and cur[-1][1] == j and cur[-1][2] == full:
+                cur[-1][1] = j + 1
+            else:
+                cur.append([j, j + 1, full])
+        runs.append(cur)
+    S = max([len(r) for r in runs] + [0])
+    lo = torch.zeros((len(runs), S), dtype=torch.int32)
+    hi = torch.zeros((len(runs), S), dtype=torch.int32)
+    fu = torch.zeros((len(runs), S), dtype=torch.bool)
+    for t, r in enumerate(runs):
+        for s, (a, b, f) in enumerate(r):
+            lo[t, s], hi[t, s], fu[t, s] = a, b, f
+    return lo, hi, fu
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,36 +117,11 @@ def build(parts, n, nq=None, q_offset=None, doc_ids=None):
     q_offset = n - nq if q_offset is None else q_offset
     out = []
     for pred, qp, kp, bm, bn in parts:
-        mask, every = part_mask(pred, n, nq, q_offset, doc_ids)  # [nq, n], rows q - q_offset
+        some, every = part_mask(pred, n, nq, q_offset, doc_ids)  # [nq, n], rows q - q_offset
         qv, kv = View(qp, q_offset, q_offset + nq, bm), View(kp, 0, n, bn)
-        qpos, kpos = qv.positions(), kv.positions()
-        tq, tk = qv.num_tiles, kv.num_tiles
-        qt = qpos.view(tq, bm)
-        kt = kpos.view(tk, bn)
-        runs = []
-        for t in range(tq):
-            rows = qt[t][qt[t] >= 0] - q_offset
-            cur = []
-            for j in range(tk):
-                cols = kt[j][kt[j] >= 0]
-                if rows.numel() == 0 or cols.numel() == 0:
-                    continue
-                sub = mask[rows][:, cols]
-                if not bool(sub.any()):
-                    continue
-                full = bool(every[rows][:, cols].all())
-                if cur and cur[-1][1] == j and cur[-1][2] == full:
-                    cur[-1][1] = j + 1
-                else:
-                    cur.append([j, j + 1, full])
-            runs.append(cur)
-        S = max([len(r) for r in runs] + [0])
-        lo = torch.zeros((tq, S), dtype=torch.int32)
-        hi = torch.zeros((tq, S), dtype=torch.int32)
-        fu = torch.zeros((tq, S), dtype=torch.bool)
-        for t, r in enumerate(runs):
-            for s, (a, b, f) in enumerate(r):
-                lo[t, s], hi[t, s], fu[t, s] = a, b, f
-        out.append(Part(pred, qv, kv, lo, hi, fu))
+        qt = qv.positions().view(qv.num_tiles, bm)
+        kt = kv.positions().view(kv.num_tiles, bn)
+        lo, hi, fu = _runs(some, every, qt, kt, q_offset)
+        out.append(Part(pred, qv, kv, lo, hi, fu, (some, every)))
     ctx_doc = doc_ids if doc_ids is None or doc_ids.dim() == 1 else doc_ids[0]
     return Plan(n, nq, q_offset, tuple(out), Context(n, ctx_doc))

@@ -23,7 +23,7 @@ import _brute_plan as bp  # noqa: E402
 TOL = 1e-5
 
 
-def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None, dlse=None):
+def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None, dlse=None, dkv=None):
     """Forward over every part, merged by log-sum-exp; backward of every part with the
     merged out/lse, summed."""
     outs, lses = [], []
@@ -42,7 +42,7 @@ def run_plan(plan, q, k, v, dout, *, scale, kv_lens=None, doc_ids=None, dlse=Non
     dv = torch.zeros(v.shape, dtype=torch.float32)
     for part in plan.parts:
         a, b, c = backward_part(part, plan, q, k, v, out, lse, dout, scale=scale, kv_lens=kv_lens,
-                                doc_ids=doc_ids, dlse=dlse, interpret=True)
+                                doc_ids=doc_ids, dlse=dlse, interpret=True, dkv=dkv)
         dq += a
         dk += b
         dv += c
@@ -90,7 +90,7 @@ def rel(a, b):
 
 
 def check(expr, plan, *, B=1, Hq=1, Hkv=1, D=16, Dv=None, kv_lens=None, doc_ids=None, seed=0,
-          layout="contiguous"):
+          layout="contiguous", dkv=None):
     Dv = Dv or D
     n, nq = plan.n, plan.nq
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +104,7 @@ def check(expr, plan, *, B=1, Hq=1, Hkv=1, D=16, Dv=None, kv_lens=None, doc_ids=
         v = torch.randn(B, Hkv, n, Dv, generator=g)
     dout = torch.randn(B, Hq, nq, Dv, generator=g)
     scale = D ** -0.5
-    got = run_plan(plan, q, k, v, dout, scale=scale, kv_lens=kv_lens, doc_ids=doc_ids)
+    got = run_plan(plan, q, k, v, dout, scale=scale, kv_lens=kv_lens, doc_ids=doc_ids, dkv=dkv)
     mask = expr_mask(expr, n, nq=nq, q_offset=plan.q_offset, doc_ids=doc_ids)
     want = reference(mask, q, k, v, dout, scale=scale, kv_lens=kv_lens)
     for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), got, want):
@@ -121,15 +121,15 @@ def E(text):
 # (spec, n, nq, parts as (predicate or None for the whole pattern, q_period, k_period, bm, bn), options)
 SINGLE = [
     ("causal", 96, None, (1, 1, 64, 32), {}),
-    ("causal & local(16)", 100, None, (1, 1, 32, 32), dict(Hq=2, Hkv=1)),
+    ("causal & local(16)", 100, None, (1, 1, 32, 32), dict(Hq=2, Hkv=1, dkv="atomic")),
     ("local(8) | global([0])", 77, None, (1, 1, 32, 16), dict(D=24)),
     ("causal & (sink(4) | local(16))", 96, 40, (1, 1, 16, 32), {}),
-    ("causal & stride(8)", 128, None, (8, 8, 16, 16), {}),
+    ("causal & stride(8)", 128, None, (8, 8, 16, 16), dict(dkv="atomic")),
     ("causal & dilated(8, 4)", 120, None, (4, 4, 16, 16), dict(D=24, Dv=16)),
     ("local(12) | global([0:4]) | random(2, block=16, seed=0)", 112, None, (1, 1, 64, 64), {}),
     ("causal & block(32) | sink(4)", 128, None, (1, 1, 64, 32), dict(B=2)),
     ("rows([0:3])", 64, None, (1, 1, 32, 32), {}),
-    ("every(4, 1)", 72, None, (1, 4, 32, 16), {}),
+    ("every(4, 1)", 72, None, (1, 4, 32, 16), dict(dkv="atomic")),
     ("rows([::3]) & causal", 90, None, (3, 1, 16, 32), {}),
     ("slash([0, 5, -3, 10:40:7])", 80, None, (1, 1, 32, 32), {}),
     ("prefix(20) | causal & local(2, 5)", 70, None, (1, 1, 32, 32), dict(layout="bnhd", Hq=2, Hkv=2)),
@@ -171,6 +171,7 @@ def test_document_batched_doc_ids_and_kv_lens():
     doc = torch.tensor([[0] * 30 + [1] * 25 + [2] * 25, [0] * 10 + [1] * 70])
     plan = bp.build([(e, 1, 1, 32, 16)], n, doc_ids=doc)
     check(e, plan, B=2, doc_ids=doc, kv_lens=torch.tensor([80, 47]))
+    check(e, plan, B=2, doc_ids=doc, kv_lens=torch.tensor([80, 47]), dkv="atomic")
 
 
 def test_lse_gradient():
@@ -357,7 +358,7 @@ def test_kernel_cache_rewrites_corrupted_entries_and_dumps(tmp_path, monkeypatch
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 def test_kernels_compile_ahead_of_time_for_sm90():
     """The compiled path has rules the interpreter does not check (fixed loop-carried
-    types, constexpr branches): compile both kernels for an H100 target without a GPU."""
+    types, constexpr branches): compile the three kernels for an H100 target without a GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -366,9 +367,10 @@ def test_kernels_compile_ahead_of_time_for_sm90():
 
     name, mod = kernel_module(E("causal & local(16) | global([0, -1]) | random(2, block=16) - document"
                                 " | blockwise(16, slash([0, 3:9:2])) & every(3, 1)"))
-    constexprs = dict(S=2, BLOCK_M=64, BLOCK_N=32, BLOCK_D=32, BLOCK_DV=32, HAS_KV_LENS=True,
-                      HAS_PARTIAL=True, DOT_PREC="tf32", UPCAST=False)
-    for which in ("fwd", "bwd"):
+    base = dict(S=2, BLOCK_M=64, BLOCK_N=32, BLOCK_D=32, BLOCK_DV=32, HAS_KV_LENS=True,
+                HAS_PARTIAL=True, DOT_PREC="tf32", UPCAST=False)
+    for which, extra in (("fwd", {}), ("bwd", dict(ATOMIC_DKV=True)), ("bwd_dkv", {})):
+        constexprs = dict(base, **extra)
         fn = getattr(mod, f"{name}_{which}")
         sig = {}
         for arg in fn.arg_names:
@@ -380,7 +382,7 @@ def test_kernels_compile_ahead_of_time_for_sm90():
                 sig[arg] = "*fp32"
             elif arg == "DOC":
                 sig[arg] = "*i64"
-            elif arg in ("PRM", "TAB", "KVLEN", "KV_LO", "KV_HI", "KV_FULL"):
+            elif arg in ("PRM", "TAB", "KVLEN", "KV_LO", "KV_HI", "KV_FULL", "Q_LO", "Q_HI", "Q_FULL"):
                 sig[arg] = "*i32"
             else:
                 sig[arg] = "fp32" if arg.endswith("scale") else "i32"

@@ -5,11 +5,13 @@ tiles of its ``q_view`` form the grid's first axis, batch x query head the secon
 program walks its runs ``[kv_lo, kv_hi)`` of ``k_view`` tiles, skipping the element
 predicate on full runs.  The caller merges parts (log-sum-exp) and sums gradients.
 
-The backward pass is query-tile-major: each program owns the dQ rows of its tile and adds
-its dK/dV contributions with float32 ``tl.atomic_add``.  That is the same loop as the
-forward pass (so it needs nothing from the planner beyond the forward runs), it is exact in
-Triton's interpreter, and on a GPU it is correct at the price of atomic traffic and a
-non-deterministic summation order for dK/dV.
+The backward pass computes dQ query-tile-major (the forward loop; each program owns the
+dQ rows of its tile) and dK/dV key-tile-major from ``Part.transpose()`` (each program owns
+the rows of one key tile and sums over the query heads of its KV group): no atomics, a
+deterministic order, and the same closed-form runs as the forward pass, transposed.  For
+parts without ``transpose()``, or on request (``dkv="atomic"``), dK/dV are instead added from
+the dQ loop with float32 ``tl.atomic_add`` (correct, in the interpreter too, but with atomic
+traffic and a non-deterministic summation order on a GPU).
 
 Kernels are generated per canonical predicate (see :mod:`.render`), written to a cache
 directory and imported from there, because ``triton.jit`` reads its function's source from
@@ -279,18 +281,41 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, inte
     return out, lse
 
 
+def _transposed(part, device):
+    """The part's runs indexed by key tile (``Part.transpose()``), on ``device``."""
+    import torch
+
+    def make():
+        tr = part.transpose()
+        lo = tr.q_lo.to(device=device, dtype=torch.int32).contiguous()
+        hi = tr.q_hi.to(device=device, dtype=torch.int32).contiguous()
+        full = tr.q_full.to(device=device, dtype=torch.int32).contiguous()
+        has_partial = bool(((tr.q_full == 0) & (tr.q_hi > tr.q_lo)).any())
+        return lo, hi, full, has_partial
+    return _remember(_RUNS, (("transposed", id(part)), (part.kv_lo, part.kv_hi, part.kv_full), str(device)), make)
+
+
 def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, doc_ids=None,
-                  dlse=None, interpret=False):
+                  dlse=None, interpret=False, dkv=None):
     """``(dq, dk, dv)`` float32 contributions of one part, given the final (merged) ``out``
     and natural-log ``lse``; rows with ``lse = -inf`` get zero gradient.  ``dlse``, the
     gradient of the loss with respect to ``lse`` (``[B, Hq, Nq]``), adds ``P * dlse`` to
-    ``dS`` (``d lse / d s = P``)."""
+    ``dS`` (``d lse / d s = P``).
+
+    ``dkv`` picks how dK/dV are computed: ``"key-major"`` (a second kernel over the key tiles
+    of the part's transposed runs, each program owning its rows: no atomics, deterministic;
+    the default when the part has ``transpose()``) or ``"atomic"`` (float32 atomic adds from
+    the query-tile-major dQ loop)."""
     import torch
     c = _common(part, plan, q, k, kv_lens, doc_ids)
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     if tuple(dout.shape) != (B, Hq, Nq, Dv) or tuple(out.shape) != (B, Hq, Nq, Dv) or tuple(lse.shape) != (B, Hq, Nq):
         raise PsparseUsageError("out, lse and dout must match the forward shapes")
+    if dkv is None:
+        dkv = "key-major" if hasattr(part, "transpose") else "atomic"
+    if dkv not in ("key-major", "atomic"):
+        raise PsparseUsageError(f"dkv={dkv!r}: expected 'key-major' or 'atomic'")
     dq = torch.zeros((B, Hq, Nq, D), dtype=torch.float32, device=q.device)
     dk = torch.zeros((B, Hkv, Nk, D), dtype=torch.float32, device=q.device)
     dv = torch.zeros((B, Hkv, Nk, Dv), dtype=torch.float32, device=q.device)
@@ -305,6 +330,8 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
     fn = _kernel(part.predicate, "bwd", interpret)
     interpret = _interpreted(fn)
+    common = dict(BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block, BLOCK_D=_pow2(D),
+                  BLOCK_DV=_pow2(Dv), HAS_KV_LENS=kv_lens is not None, **_prec(q, interpret))
     _launch(fn, grid, interpret, (
         q, k, v, do, lse32, delta, dq, dk, dv, c["prm"], c["tab"], c["doc"], c["kvl"],
         c["lo"], c["hi"], c["full"],
@@ -312,9 +339,18 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
         *dq.stride(), *dk.stride(), *dv.stride(), c["doc_sb"], c["doc_sn"],
         Hq, Hq // Hkv, D, Dv, plan.q_offset, *c["views"],
         float(scale) * 1.4426950408889634, float(scale),
-    ), dict(
-        S=c["S"], BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block,
-        BLOCK_D=_pow2(D), BLOCK_DV=_pow2(Dv),
-        HAS_KV_LENS=kv_lens is not None, HAS_PARTIAL=c["has_partial"], **_prec(q, interpret),
-    ))
+    ), dict(S=c["S"], HAS_PARTIAL=c["has_partial"], ATOMIC_DKV=dkv == "atomic", **common))
+    if dkv == "atomic":
+        return dq, dk, dv
+    lo, hi, full, has_partial = _transposed(part, q.device)
+    grid = (part.k_view.num_tiles, B * Hkv)
+    if grid[0] == 0 or lo.shape[1] == 0:
+        return dq, dk, dv
+    _launch(_kernel(part.predicate, "bwd_dkv", interpret), grid, interpret, (
+        q, k, v, do, lse32, delta, dk, dv, c["prm"], c["tab"], c["doc"], c["kvl"], lo, hi, full,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse32.stride(),
+        *dk.stride(), *dv.stride(), c["doc_sb"], c["doc_sn"],
+        Hkv, Hq // Hkv, D, Dv, plan.q_offset, *c["views"],
+        float(scale) * 1.4426950408889634, float(scale),
+    ), dict(S=int(lo.shape[1]), HAS_PARTIAL=has_partial, **common))
     return dq, dk, dv
