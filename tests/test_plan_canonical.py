@@ -86,6 +86,9 @@ def test_canonical_parts_use_residue_views_where_it_pays():
     assert isinstance(p.parts[1].predicate, ir.Difference)
     p = plan_of("causal & dilated(256, 4)", 32768)
     assert p.parts[0].q_view.period == 4
+    # a global token's row runs alone, not as a whole query tile
+    p = plan_of("local(256) | global([0])", 32768)
+    assert [(x.q_view.start, x.q_view.stop) for x in p.parts] == [(0, 32768), (0, 1)]
     p = plan_of("causal & every(64)", 8192)
     assert (p.parts[0].q_view.period, p.parts[0].k_view.period) == (1, 64)
     assert p.work_ratio < 1.3

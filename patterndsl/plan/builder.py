@@ -102,7 +102,8 @@ def _cached(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, doc_key) -
     parts = []
     plain = None
     for kind, pred in disjoint_parts(expr, n):
-        bm, bn = choose(pred, kind, n, nq, head_dim, dtype)
+        a, b = kind.rows(q_offset, q_offset + nq)
+        bm, bn = choose(pred, kind, n, b - a, head_dim, dtype)
         bm, bn = block_m or bm, block_n or bn
         qv, kv = kind.views(q_offset, q_offset + nq, n, bm, bn)
         g = Geom.make(kind, qv, kv, n)

@@ -28,6 +28,7 @@ class Context:
         self._random: dict = {}
         self._groups: dict = {}
         self._inner: dict = {}
+        self._sets: dict = {}
 
     # -- tables a kernel reads ------------------------------------------------
     def random_table(self, node: ir.Random) -> torch.Tensor:
@@ -42,6 +43,23 @@ class Context:
         if node.block not in self._inner:
             self._inner[node.block] = Context(-(-self.n // node.block), None, inner=True)
         return self._inner[node.block]
+
+    def index_set(self, index: ir.IndexSet) -> tuple:
+        """``resolve_index(index, n)``, cached here (a plain dict, so tracing a mask_mod under
+        torch.compile sees a constant)."""
+        key = ("i", index)
+        if key not in self._sets:
+            from .indexsets import resolve_index
+            self._sets[key] = resolve_index(index, self.n)
+        return self._sets[key]
+
+    def offset_set(self, offsets: ir.IndexSet) -> tuple:
+        """``resolve_offsets`` over every difference ``q - k`` a length-n call has."""
+        key = ("o", offsets)
+        if key not in self._sets:
+            from .indexsets import resolve_offsets
+            self._sets[key] = resolve_offsets(offsets, -max(self.n - 1, 0), max(self.n, 1))
+        return self._sets[key]
 
     def require_doc_ids(self) -> torch.Tensor:
         if self.inner_level:

@@ -102,8 +102,10 @@ class Plan:
         self.context = context
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{p.view.kind}{'' if p.view.kind == 'id' else (p.view.s, p.view.r)}"
-                          f" {p.block_m}x{p.block_n}" for p in self.parts)
+        def name(v):
+            rows = "" if v.qlo is None and v.qhi is None else f"[{v.qlo}:{v.qhi}]"
+            return f"{v.kind}{'' if v.kind == 'id' else (v.s, v.r)}{rows}"
+        parts = ", ".join(f"{name(p.view)} {p.block_m}x{p.block_n}" for p in self.parts)
         return (f"Plan(n={self.n}, nq={self.nq}, q_offset={self.q_offset}, tiles={self.block_m}x"
                 f"{self.block_n}, parts=[{parts}], work_ratio={self.work_ratio:.3f})")
 

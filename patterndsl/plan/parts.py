@@ -8,12 +8,16 @@ part ``i`` is ``E_i - (E_1 | ... | E_{i-1})``.
 from __future__ import annotations
 
 from .. import ir
-from .arith import crt, lcm
+from dataclasses import replace
+
+from .arith import crt
 from .indexsets import resolve_index, resolve_offsets
 from .views import IDENTITY, ViewKind
 
 # A residue view needs classes long enough to fill a minimal tile.
 MIN_CLASS = 16
+# Row sets at most this long run as parts of their own (a global token's row, say).
+SHORT_ROWS = 32
 
 
 def _fits(s: int, n: int) -> bool:
@@ -21,7 +25,16 @@ def _fits(s: int, n: int) -> bool:
 
 
 def _combine(a: ViewKind, b: ViewKind, n: int):
-    """The view for ``A & B``; None when their congruences cannot hold together."""
+    """The view for ``A & B``; None when their constraints cannot hold together."""
+    lo = max((x for x in (a.qlo, b.qlo) if x is not None), default=None)
+    hi = min((x for x in (a.qhi, b.qhi) if x is not None), default=None)
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    v = _combine_kind(a, b, n)
+    return None if v is None else replace(v, qlo=lo, qhi=hi)
+
+
+def _combine_kind(a: ViewKind, b: ViewKind, n: int):
     if a.kind == "id":
         return b
     if b.kind == "id":
@@ -36,6 +49,29 @@ def _combine(a: ViewKind, b: ViewKind, n: int):
         return a if a.s >= b.s else b
     rank = {"d": 0, "k": 1, "q": 2}
     return a if rank[a.kind] < rank[b.kind] else b
+
+
+def _row_groups(progs, n: int):
+    """Rows of an index set by view: short runs of rows get a query view of their own (a
+    kernel then runs those rows alone, not whole query tiles of them); stepped items a
+    residue view; long runs stay in the identity view."""
+    out: dict = {}
+    plain = sorted((a, b) for a, b, s in progs if s == 1)
+    merged: list[list[int]] = []
+    for a, b in plain:
+        if merged and a - merged[-1][1] <= MIN_CLASS:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    for a, b in merged:
+        items = [p for p in progs if p[2] == 1 and a <= p[0] and p[1] <= b]
+        v = ViewKind("id", qlo=a, qhi=b) if b - a <= SHORT_ROWS else IDENTITY
+        out.setdefault(v, []).extend(items)
+    for p in progs:
+        if p[2] > 1:
+            v = ViewKind("q", p[2], p[0] % p[2], p[0], p[1]) if _fits(p[2], n) else IDENTITY
+            out.setdefault(v, []).append(p)
+    return {v: ir.Rows(_items(ps)) for v, ps in out.items()}
 
 
 def _items(progs):
@@ -82,12 +118,13 @@ def _split(e: ir.Expr, n: int) -> dict:
     if isinstance(e, ir.Cols):
         return _by_step(resolve_index(e.index, n), n, "k", ir.Cols) or {IDENTITY: e}
     if isinstance(e, ir.Rows):
-        return _by_step(resolve_index(e.index, n), n, "q", ir.Rows) or {IDENTITY: e}
+        return _row_groups(resolve_index(e.index, n), n) or {IDENTITY: e}
     if isinstance(e, ir.Global):
         progs = resolve_index(e.index, n)
-        if all(s == 1 or not _fits(s, n) for _, _, s in progs):
+        rows = _row_groups(progs, n)
+        if list(rows) == [IDENTITY] and all(s == 1 or not _fits(s, n) for _, _, s in progs):
             return {IDENTITY: e}
-        return _merge(_by_step(progs, n, "q", ir.Rows), _by_step(progs, n, "k", ir.Cols))
+        return _merge(rows, _by_step(progs, n, "k", ir.Cols))
     if isinstance(e, ir.Union):
         out: dict = {}
         for t in e.terms:
@@ -128,7 +165,7 @@ def transpose_kind(v: ViewKind) -> ViewKind:
         return ViewKind("q", v.s, v.r)
     if v.kind == "q":
         return ViewKind("k", v.s, v.r)
-    return v
+    return IDENTITY
 
 
 def extent(e: ir.Expr, sk: int, n: int):

@@ -13,7 +13,6 @@ from .. import ir
 from ..errors import PsparseUsageError
 from .arith import fdiv
 from .context import Context, cap
-from .indexsets import resolve_index, resolve_offsets
 from .transpose import Swapped
 
 
@@ -63,11 +62,11 @@ def evaluate(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torc
             return k == e.offset
         return torch.remainder(k, e.step) == e.offset
     if isinstance(e, ir.Rows):
-        return _member(q, resolve_index(e.index, n)) & (k == k)
+        return _member(q, ctx.index_set(e.index)) & (k == k)
     if isinstance(e, ir.Cols):
-        return _member(k, resolve_index(e.index, n)) & (q == q)
+        return _member(k, ctx.index_set(e.index)) & (q == q)
     if isinstance(e, ir.Global):
-        progs = resolve_index(e.index, n)
+        progs = ctx.index_set(e.index)
         return _member(q, progs) | _member(k, progs)
     if isinstance(e, ir.Sink):
         return (k < cap(e.count, n)) & (q == q)
@@ -75,7 +74,7 @@ def evaluate(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torc
         p = cap(e.length, n)
         return (q < p) & (k < p)
     if isinstance(e, ir.Slash):
-        return _member(q - k, resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1)))
+        return _member(q - k, ctx.offset_set(e.offsets))
     if isinstance(e, ir.Document):
         doc = ctx.require_doc_ids()
         return doc[q] == doc[k]

@@ -71,6 +71,7 @@ def _pow2_ceil(x: int) -> int:
 
 
 def choose(e: ir.Expr, kind: ViewKind, n: int, nq: int, head_dim: int, dtype) -> tuple[int, int]:
+    """``nq``: the query rows the part's view holds."""
     bm, bn = base_tiles(head_dim, dtype)
     caps_m, caps_n = [], []
     g = granule(e)

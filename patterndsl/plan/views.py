@@ -90,16 +90,26 @@ class ViewKind:
 
     ``kind``: ``"id"`` (both identity), ``"d"`` (both residue ``s``, key class = query class
     minus ``r``: parts under ``(q - k) mod s == r``), ``"k"`` (keys residue ``s``, only key
-    class ``r``), ``"q"`` (queries residue ``s``; keys identity)."""
+    class ``r``), ``"q"`` (queries residue ``s``; keys identity).  ``qlo``/``qhi``, when
+    set, restrict the query view to the positions ``[qlo, qhi)`` (parts under a row set, such
+    as the rows of a ``global`` token)."""
 
     kind: str
     s: int = 1
     r: int = 0
+    qlo: int | None = None
+    qhi: int | None = None
+
+    def rows(self, q0: int, q1: int) -> tuple[int, int]:
+        a = q0 if self.qlo is None else min(max(q0, self.qlo), q1)
+        b = q1 if self.qhi is None else max(min(q1, self.qhi), a)
+        return a, b
 
     def views(self, q0: int, q1: int, n: int, bm: int, bn: int) -> tuple[View, View]:
         sq = self.s if self.kind in ("d", "q") else 1
         sk = self.s if self.kind in ("d", "k") else 1
-        return View.make(sq, q0, q1, bm), View.make(sk, 0, n, bn)
+        a, b = self.rows(q0, q1)
+        return View.make(sq, a, b, bm), View.make(sk, 0, n, bn)
 
     def key_class(self, qclass: torch.Tensor) -> torch.Tensor:
         if self.kind == "d":
@@ -109,7 +119,9 @@ class ViewKind:
         return torch.zeros_like(qclass)
 
     def order(self):
-        return ({"id": 0, "d": 1, "k": 2, "q": 3}[self.kind], self.s, self.r)
+        restricted = self.qlo is not None or self.qhi is not None
+        return (restricted, {"id": 0, "d": 1, "k": 2, "q": 3}[self.kind], self.s, self.r,
+                -1 if self.qlo is None else self.qlo, -1 if self.qhi is None else self.qhi)
 
 
 IDENTITY = ViewKind("id")
