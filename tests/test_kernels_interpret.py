@@ -456,3 +456,28 @@ def test_module_masks_match_reference(tmp_path_factory, expr, n):
 def test_random_expressions_in_the_interpreter(expr, n, periods, block):
     plan = bp.build([(expr, periods[0], periods[1], block, 16)], n, nq=n - n // 5)
     check(expr, plan, Hq=2, Hkv=1)
+
+
+def test_launcher_errors_before_any_launch():
+    from patterndsl.errors import PsparseUsageError
+    e = E("causal & document")
+    plan = bp.build([(e, 1, 1, 16, 16)], 32, doc_ids=torch.zeros(32, dtype=torch.long))
+    part = plan.parts[0]
+    q = torch.randn(1, 2, 32, 16)
+    k = torch.randn(1, 1, 32, 16)
+    bad = [
+        dict(q=q, k=k, v=torch.randn(1, 1, 31, 16)),                       # v length
+        dict(q=q, k=torch.randn(1, 3, 32, 16), v=torch.randn(1, 3, 32, 16)),  # 2 heads over 3
+        dict(q=q.double(), k=k.double(), v=k.double()),                    # dtype
+        dict(q=q[:, :, :20], k=k, v=k),                                    # not the plan's nq
+        dict(q=q, k=k, v=k, kv_lens=torch.tensor([3, 4])),                 # kv_lens shape
+        dict(q=q, k=k, v=k, doc_ids=torch.zeros(2, 3, 32, dtype=torch.long)),
+    ]
+    for kw in bad:
+        args = {x: kw.pop(x) for x in ("q", "k", "v")}
+        with pytest.raises(PsparseUsageError):
+            forward_part(part, plan, args["q"], args["k"], args["v"], scale=0.25, interpret=True, **kw)
+    import os
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":  # else triton.jit itself interprets
+        with pytest.raises(PsparseUsageError, match="CUDA"):
+            forward_part(part, plan, q, k, k, scale=0.25, interpret=False)

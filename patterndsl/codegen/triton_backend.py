@@ -134,9 +134,16 @@ def _launch(fn, grid, interpret, args, kwargs):
         fn[grid](*args, num_warps=4 if tile <= 64 * 64 else 8, **kwargs)
 
 
-def _interpreted(fn) -> bool:
+def _interpreted(fn, q) -> bool:
+    """Whether ``fn`` runs under Triton's interpreter; compiled kernels need CUDA tensors."""
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(fn, InterpretedFunction)
+    if isinstance(fn, InterpretedFunction):
+        return True
+    if q.device.type != "cuda":
+        raise PsparseUsageError(
+            f"the compiled Triton kernels need CUDA tensors (got {q.device.type}); "
+            "use interpret=True (backend='interpret') or the torch backend on this device")
+    return False
 
 
 def _kernel(expr: ir.Expr, which: str, interpret: bool):
@@ -204,6 +211,8 @@ def _check(part, plan, q, k, v, kv_lens, doc_ids):
         raise PsparseUsageError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if Hkv == 0 or Hq % Hkv:
         raise PsparseUsageError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if not (q.device == k.device == v.device):
+        raise PsparseUsageError(f"q, k, v must be on one device (got {q.device}, {k.device}, {v.device})")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise PsparseUsageError("q, k, v must share one dtype: float16, bfloat16 or float32")
     if not 1 <= D <= 256 or not 1 <= v.shape[-1] <= 256:
@@ -221,12 +230,12 @@ def _check(part, plan, q, k, v, kv_lens, doc_ids):
             raise PsparseUsageError(f"doc_ids must have shape [n] or [batch, n] (n = {plan.n})")
 
 
-def _common(part, plan, q, k, kv_lens, doc_ids):
+def _common(part, plan, q, k, v, kv_lens, doc_ids):
     import torch
     device = q.device
     if doc_ids is None and part.predicate.needs_doc_ids:
         doc_ids = plan.context.doc_ids
-    _check(part, plan, q, k, k, kv_lens, doc_ids)
+    _check(part, plan, q, k, v, kv_lens, doc_ids)
     prm, tab = _bound(part.predicate, plan.context, device)
     dummy = prm
     if doc_ids is not None and part.predicate.needs_doc_ids:
@@ -258,7 +267,7 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, inte
     """``(out_p, lse_p)`` of one part: float32 ``[B, Hq, Nq, Dv]`` and ``[B, Hq, Nq]``;
     rows with no allowed key in this part get 0 and ``-inf``."""
     import torch
-    c = _common(part, plan, q, k, kv_lens, doc_ids)
+    c = _common(part, plan, q, k, v, kv_lens, doc_ids)
     B, Hq, Nq, D = q.shape
     Hkv, Dv = k.shape[1], v.shape[-1]
     out = torch.zeros((B, Hq, Nq, Dv), dtype=torch.float32, device=q.device)
@@ -267,7 +276,7 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None, inte
     if grid[0] == 0 or grid[1] == 0 or c["S"] == 0:
         return out, lse
     fn = _kernel(part.predicate, "fwd", interpret)
-    interpret = _interpreted(fn)
+    interpret = _interpreted(fn, q)
     _launch(fn, grid, interpret, (
         q, k, v, out, lse, c["prm"], c["tab"], c["doc"], c["kvl"], c["lo"], c["hi"], c["full"],
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), c["doc_sb"], c["doc_sn"],
@@ -307,7 +316,7 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     the default when the part has ``transpose()``) or ``"atomic"`` (float32 atomic adds from
     the query-tile-major dQ loop)."""
     import torch
-    c = _common(part, plan, q, k, kv_lens, doc_ids)
+    c = _common(part, plan, q, k, v, kv_lens, doc_ids)
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     if tuple(dout.shape) != (B, Hq, Nq, Dv) or tuple(out.shape) != (B, Hq, Nq, Dv) or tuple(lse.shape) != (B, Hq, Nq):
@@ -329,7 +338,7 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     delta = delta.contiguous()
     do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
     fn = _kernel(part.predicate, "bwd", interpret)
-    interpret = _interpreted(fn)
+    interpret = _interpreted(fn, q)
     common = dict(BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block, BLOCK_D=_pow2(D),
                   BLOCK_DV=_pow2(Dv), HAS_KV_LENS=kv_lens is not None, **_prec(q, interpret))
     _launch(fn, grid, interpret, (
