@@ -166,7 +166,8 @@ def write_cpu(rows: list[dict], shape: dict) -> None:
         "of the timed runs after a warm-up; peak: maximum RSS of a fresh process minus its RSS "
         "once q, k, v exist (SDPA's includes its n x n mask). Error: max abs difference from a "
         "float64 softmax on 256 sampled rows. The machine is shared with other jobs, so "
-        "absolute times vary from run to run; both methods of a row ran back to back.", "",
+        "absolute times vary from run to run; both methods of a row ran back to back.",
+        f"Load average when measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.", "",
         "| torch threads | psparse time | SDPA + mask time | speed-up | psparse peak | "
         "SDPA + mask peak | memory ratio | psparse err | SDPA err |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -184,6 +185,7 @@ def write_cpu(rows: list[dict], shape: dict) -> None:
                     r["psparse"]["median_s"] < r["sdpa"]["median_s"]
                     and r["psparse"]["peak_mb"] < r["sdpa"]["peak_mb"] for r in rows)
                    else "NOT met in every row (see the table)."))
+    body.append("")
     body.append("")
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     if CPU_HEADING in old:

@@ -9,10 +9,12 @@ A :class:`CompiledPattern` is callable as ``attn(q, k, v, ...)``.  A call
 3. runs every part of each group's block plan on the chosen backend and merges the parts
    row by row through their log-sum-exp (docs/PLAN.md, "How a kernel iterates a plan").
 
-The work is done inside the torch custom op ``psparse::attention`` (with a shape-only fake
-implementation and an autograd formula calling ``psparse::attention_backward``), so
-``torch.compile`` sees one opaque op and no graph break.  The op finds its pattern through a
-registry keyed by a digest of the canonical spec and the compile options.
+Under ``torch.compile`` the work is the torch custom op ``psparse::attention`` (with a
+shape-only fake implementation and an autograd formula calling ``psparse::attention_backward``),
+so the compiler sees one opaque op and no graph break; eager calls run the same forward and
+backward through a ``torch.autograd.Function`` (the custom op's dispatch would import
+``torch._dynamo`` on the first call, seconds).  The op finds its pattern through a registry
+keyed by a digest of the canonical spec and the compile options.
 
 Backends: ``"torch"`` (:mod:`patterndsl.backends.torch_backend`, any device; the default on
 CPU), ``"triton"`` (the generated Triton kernels; the default on CUDA) and ``"interpret"``
@@ -175,8 +177,10 @@ class CompiledPattern:
             doc = doc.to(device)
         # FlexAttention traces mask_mod and forbids side effects: every table the predicate
         # reads (random blocks, blockwise inner contexts) is built now, on the mask's device.
-        base = _MaskContext.prepare([r.expr for r in rules], Context(n_ctx),
+        exprs = [r.expr for r in rules]
+        base = _MaskContext.prepare(exprs, Context(n_ctx),
                                     doc if doc is not None and not batched_doc else None, device)
+        (base.with_doc(doc[0]) if batched_doc else base).warm(exprs, device)
 
         def mask_mod(b, h, q_idx, kv_idx):
             ctx = base.with_doc(doc[b]) if batched_doc else base
@@ -472,18 +476,21 @@ def _merge(parts, q, v):
 
 
 class _MaskContext:
-    """What :func:`patterndsl.plan.predicate.evaluate` reads, prepared ahead of time (tables
-    on the mask's device) so that a traced mask_mod only reads it."""
+    """A predicate context for a traced mask_mod: the random tables moved to the mask's
+    device, the document ids of one batch row, and everything else read from a planner
+    :class:`~patterndsl.plan.context.Context` whose lazy caches were filled beforehand (so
+    tracing only reads them)."""
 
-    def __init__(self, n, doc_ids, tables, inners, inner_level):
-        self.n = n
+    def __init__(self, base, doc_ids, tables, inners):
+        self._base = base
+        self.n = base.n
         self.doc_ids = doc_ids
-        self.inner_level = inner_level
+        self.inner_level = base.inner_level
         self._tables = tables
         self._inners = inners
 
     @classmethod
-    def prepare(cls, exprs, ctx, doc_ids, device, inner_level=False):
+    def prepare(cls, exprs, ctx, doc_ids, device):
         tables, nested = {}, {}
 
         def visit(e):
@@ -498,12 +505,22 @@ class _MaskContext:
 
         for e in exprs:
             visit(e)
-        inners = {b: cls.prepare(body, ctx.inner(node), None, device, True)
+        inners = {b: cls.prepare(body, ctx.inner(node), None, device)
                   for b, (node, body) in nested.items()}
-        return cls(ctx.n, doc_ids, tables, inners, inner_level)
+        return cls(ctx, doc_ids, tables, inners)
+
+    def warm(self, exprs, device):
+        """Evaluate once eagerly, filling the base contexts' caches (index sets, ...)."""
+        from .plan.predicate import evaluate
+        probe = torch.zeros((), dtype=torch.int64, device=device)
+        for e in exprs:
+            evaluate(e, probe, probe, self)
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
 
     def with_doc(self, doc_row):
-        return _MaskContext(self.n, doc_row, self._tables, self._inners, self.inner_level)
+        return _MaskContext(self._base, doc_row, self._tables, self._inners)
 
     def random_table(self, node):
         return self._tables[(node.count, node.block, node.seed, node.causal)]

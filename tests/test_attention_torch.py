@@ -185,7 +185,7 @@ def test_canonical_set(text):
 # Random static specs
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(expr=static_exprs(random=True, max_leaves=6), n=st.integers(1, 70), data=st.data())
 def test_random_static_specs(expr, n, data):
     from patterndsl.printer import to_text

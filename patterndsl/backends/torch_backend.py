@@ -2,16 +2,16 @@
 
 It walks exactly the structure docs/PLAN.md describes (query tiles of ``part.q_view``, runs
 ``[kv_lo, kv_hi)`` of ``part.k_view`` tiles, ``kv_full`` runs without the element predicate),
-but batches the Python work: the (query tile, run) pairs of a part are grouped by run index,
-run length and fullness, and each group is processed in chunks of many query tiles at once.
-A chunk gathers the queries of its tiles and the keys of their runs (a run is a contiguous
-range of key slots) and does one batched matmul over (batch, KV head, tile), with the query
-heads of a KV head folded into the rows (grouped-query attention without copying K or V per
-query head).  Memory is bounded by the chunk (``chunk_bytes``) plus per-row state of the size
-of the output: never an ``n x n`` tensor.
-
-Chunks of one group hold each query tile at most once, so the online-softmax state of a tile
-is merged with plain indexing.  Everything is computed in float32.
+but batches the Python work.  The runs of a query tile are concatenated into one block of key
+tiles (key order does not matter to a softmax), the runs that need the predicate first; query
+tiles with the same numbers of partial and full key tiles form a group, and a group is
+processed in chunks of many query tiles at once: one gather of their queries and keys, one
+batched matmul over (batch, KV head, tile) with the query heads of a KV head folded into the
+rows (grouped-query attention without copying K or V per query head), the predicate evaluated
+only on the partial columns.  Each tile is visited by one chunk, so no softmax state needs
+merging, except when a single tile's keys exceed the budget: they are cut into segments
+merged by online softmax.  Memory is bounded by the chunk budget (``chunk_bytes``) plus
+per-row state the size of the output: never an ``n x n`` tensor.  Everything is float32.
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ import torch
 
 from ..plan.predicate import tile_mask
 
-# Budget (bytes) for one chunk's float32 score tensor.  The forward pass holds about two
-# tensors of this size, the backward pass about four.
-CHUNK_BYTES = 8 << 20
+# Budget (bytes) for the score-sized float32 temporaries of one chunk: the forward pass holds
+# two of them, the backward pass four, so a chunk's scores get a half or a quarter of it.
+# Large enough that a chunk covers many query tiles: every torch op has a fixed cost (large
+# with several threads on a busy machine), and fewer, bigger ops amortise it.
+CHUNK_BYTES = 64 << 20
 
 _NEG_INF = float("-inf")
 
@@ -70,7 +72,7 @@ class _Walk:
         self.qpos = qpos.view(self.num_q_tiles, self.bm)  # cpu
         self.kpos = part.k_view.positions().to(torch.int64)  # cpu, [k tiles * bn]
         self.kv_lens = None if kv_lens is None else kv_lens.to(self.device, torch.int64)
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
 
     def chunks(self, factor: int):
         """Yield ``(tiles, ktiles, partial, fresh)``: at most ``chunk_bytes / factor`` bytes of
@@ -146,7 +148,7 @@ def _gather(w, qf, kf, grow, kidx, G, width):
 
 
 def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
-                 chunk_bytes=CHUNK_BYTES):
+                 chunk_bytes=None):
     """Attention restricted to ``part``: ``(out_p, lse_p)``, float32 ``[B, Hq, Nq, Dv]`` and
     ``[B, Hq, Nq]`` (natural log; ``-inf`` and output 0 for rows with no allowed key in the
     part).  Query heads ``h`` read KV head ``h // (Hq // Hkv)``.
@@ -218,7 +220,7 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
 
 
 def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, doc_ids=None,
-                  dlse=None, chunk_bytes=CHUNK_BYTES):
+                  dlse=None, chunk_bytes=None):
     """Gradients of the whole attention restricted to the pairs of ``part``: float32
     ``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v``.  ``out`` and ``lse`` are the FINAL merged
     output and log-sum-exp (over every part), so ``P = exp(scale * s - lse)`` are the true
