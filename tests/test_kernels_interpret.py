@@ -481,3 +481,19 @@ def test_launcher_errors_before_any_launch():
     if os.environ.get("TRITON_INTERPRET", "0") != "1":  # else triton.jit itself interprets
         with pytest.raises(PsparseUsageError, match="CUDA"):
             forward_part(part, plan, q, k, k, scale=0.25, interpret=False)
+
+
+def test_module_text_is_identical_across_processes():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from patterndsl.codegen.module import render_module
+    code = ("import sys; from patterndsl.codegen.module import render_module; "
+            "sys.stdout.write(render_module(sys.argv[1]))")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, MODULE_SPEC], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == render_module(MODULE_SPEC)
