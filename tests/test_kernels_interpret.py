@@ -6,7 +6,6 @@ chosen views and part splits), so the kernels are checked independently of the p
 closed forms, and from ``patterndsl.plan.build_plan`` when the planner is present."""
 from __future__ import annotations
 
-import math
 
 import pytest
 
