@@ -235,7 +235,7 @@ if which == "psparse":
     out = attn(q, q, q)
 else:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    bm = create_block_mask(attn.to_mask_mod(n), None, None, n, n, device="cuda")
+    bm = create_block_mask(attn.to_mask_mod(n, device="cuda"), None, None, n, n, device="cuda")
     out = torch.compile(flex_attention)(q, q, q, block_mask=bm)
 torch.cuda.synchronize()
 print(time.perf_counter() - t1)
@@ -267,6 +267,12 @@ def bench_gpu(args) -> None:
     sizes = [16384] if args.quick else [16384, 32768, 65536]
     reps = 3 if args.quick else 10
     B, H, D = 1, 16, 128
+    # every spec's mask_mod is a new function, so flex_attention recompiles per spec; keep
+    # dynamo from falling back to eager after its default recompile limit
+    import torch._dynamo
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
     flex = torch.compile(flex_attention)
     free = torch.cuda.mem_get_info()[0]
     print(f"{torch.cuda.get_device_name()}: useful TFLOP/s = allowed pairs x 4 x D / time "
@@ -285,7 +291,7 @@ def bench_gpu(args) -> None:
             flops = plan.allowed_pairs * B * H * 4 * D
             res = {}
             res["psparse"] = _cuda_time(lambda: attn(q, k, v, doc_ids=doc), reps)
-            bm = create_block_mask(attn.to_mask_mod(n, doc_ids=None if doc is None else doc),
+            bm = create_block_mask(attn.to_mask_mod(n, doc_ids=doc, device="cuda"),
                                    None, None, n, n, device="cuda")
             res["flex"] = _cuda_time(lambda: flex(q, k, v, block_mask=bm), reps)
             causal = spec == "causal"
