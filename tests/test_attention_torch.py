@@ -192,8 +192,11 @@ def test_random_static_specs(expr, n, data):
     nq = data.draw(st.integers(1, n))
     q_offset = data.draw(st.one_of(st.none(), st.integers(0, n - nq)))
     tiles = data.draw(st.sampled_from([{}, dict(block_m=16, block_n=16), dict(block_m=32, block_n=16)]))
+    heads = data.draw(st.sampled_from([(2, 1), (4, 2), (3, 3)]))
+    lens = data.draw(st.one_of(st.none(), st.integers(0, n)))
+    kv_lens = None if lens is None else torch.tensor([lens])
     attn = patterndsl.compile(to_text(ir.Program((ir.Rule(expr),))), **tiles)
-    run_case(attn, B=1, Hq=2, Hkv=1, n=n, nq=nq, q_offset=q_offset)
+    run_case(attn, B=1, Hq=heads[0], Hkv=heads[1], n=n, nq=nq, q_offset=q_offset, kv_lens=kv_lens)
 
 
 # ---------------------------------------------------------------------------
