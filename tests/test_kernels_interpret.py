@@ -501,3 +501,18 @@ def test_module_text_is_identical_across_processes():
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == render_module(MODULE_SPEC)
+
+
+@pytest.mark.parametrize("spec,n,nq", [
+    ("causal & (local(8) | stride(8)) | sink(2)", 7, 3),
+    ("every(3, 1) | rows([::2])", 33, 1),
+    ("causal & dilated(4, 3)", 20, 20),
+    ("none", 9, 4),
+    ("all", 2, 1),
+])
+def test_planner_plans_at_tiny_lengths(spec, n, nq):
+    build_plan = _planner()
+    if build_plan is None:
+        pytest.skip("patterndsl.plan.build_plan is not available")
+    s = parse(spec)
+    check(s.pattern(), build_plan(s, n, nq=nq, head_dim=16, dtype=torch.float32), Hq=2, Hkv=1)
