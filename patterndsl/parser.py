@@ -25,6 +25,7 @@ from pathlib import Path
 import lark
 from lark.exceptions import LarkError, UnexpectedToken
 from lark.lexer import PatternStr
+from lark.parsers.lalr_analysis import Shift
 from lark.tree import Meta
 
 from .errors import PsparseSyntaxError, PsparseUsageError, Span
@@ -127,22 +128,21 @@ class _Front:
                          key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value),
                                         t.name))
         self.ignore = frozenset(conf.ignore)
+        self._rules: dict = {}  # id(lark rule) -> (length, name it reduces to, tree callback)
         self.master = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})"
                                           for t in ordered))
 
     def parse(self, text: str):
-        ip = self.lark.parse_interactive()
-        state = ip.parser_state
-        stack: list = []
-        last = None
+        """The tree of ``text``.  Tokens are read and fed to lark's LALR tables in one loop:
+        it does what lark's ``ParserState.feed_token`` does per token (shift, or reduce
+        through the same tree-building callbacks), without a generator, a method call and
+        a keyword-argument Token constructor per token; on a large spec those were most of
+        the parse time.  ``state`` is lark's own parser state object throughout, so an
+        error carries exactly what lark's driver would have left in it."""
+        state = self.lark.parse_interactive().parser_state
+        stack: list = []  # open brackets
         try:
-            feed = state.feed_token
-            for tok in self.tokens(text, state, stack):
-                feed(tok)
-                last = tok
-            end = lark.Token.new_borrow_pos("$END", "", last) if last is not None \
-                else lark.Token("$END", "", 0, 1, 1, 1, 1, 0)
-            return state.feed_token(end, True)
+            return self._drive(text, state, stack)
         except UnexpectedToken as e:
             e.open_brackets = stack
             e.parser_state = state
@@ -152,56 +152,130 @@ class _Front:
             e.parser_state = state
             raise
 
-    def tokens(self, text: str, state, stack: list):
+    def _rule_info(self, rule, callbacks):
+        info = self._rules.get(id(rule))
+        if info is None:
+            info = self._rules[id(rule)] = (len(rule.expansion), rule.origin.name,
+                                        callbacks[rule] if callbacks else None)
+        return info
+
+    def _drive(self, text: str, state, stack: list):
+        conf = state.parse_conf
+        states = conf.states
+        end_state = conf.end_state
+        callbacks = conf.callbacks
+        term_callbacks = {k: v for k, v in callbacks.items() if isinstance(k, str)}
+        state_stack = state.state_stack
+        value_stack = state.value_stack
+        rules = self._rules
+        rule_info = self._rule_info
+
         match = self.master.match
         keywords = self.keywords
         ignore = self.ignore
-        states = state.parse_conf.states
+        new_str = str.__new__
         Token = lark.Token
         pos, line, line_start, n = 0, 1, 0, len(text)
-        while pos < n:
-            m = match(text, pos)
-            if m is None:
-                raise _BadCharacter(pos, line, pos - line_start + 1)
-            kind = m.lastgroup
-            end = m.end()
-            if kind in ignore:
-                pos = end
-                continue
-            if kind == "_NL":
-                if not stack:
+        last = None
+        while True:
+            # -- the next token (None at the end of the text) -------------------------
+            tok = None
+            while pos < n:
+                m = match(text, pos)
+                if m is None:
+                    raise _BadCharacter(pos, line, pos - line_start + 1)
+                kind = m.lastgroup
+                end = m.end()
+                if kind in ignore:
+                    pos = end
+                    continue
+                if kind == "_NL":
+                    if stack:
+                        line += 1
+                        line_start = pos = end
+                        continue
+                    value = "\n"
                     col = pos - line_start + 1
-                    yield Token("_NL", "\n", pos, line, col, line, col + 1, end)
-                line += 1
-                line_start = pos = end
-                continue
-            value = m.group()
-            col = pos - line_start + 1
-            if kind == "NAME":
-                kw = keywords.get(value)
-                if kw is not None and kw in states[state.position]:
-                    kind = kw
-            elif kind == "INT":
-                if value[0] == "-" and "INT" not in states[state.position] \
-                        and "_MINUS" in states[state.position]:
-                    # `x-1`: where no number may come, the '-' is the operator.
-                    kind, value, end = "_MINUS", "-", pos + 1
-            tok = Token(kind, value, pos, line, col, line, col + len(value), end)
-            if kind in _NUMBER_RULES and "_" in value and not _NUMBER_RULES[kind].match(value):
-                raise _LexProblem(f"malformed number '{clip(value)}'", tok,
-                                  expected="digits with single '_' between them, such as "
-                                           + ("131_072" if kind == "INT" else "0.25"))
-            if kind in _OPEN:
-                if len(stack) >= MAX_NESTING:
-                    raise _LexProblem(
-                        f"brackets nest too deeply (more than {MAX_NESTING} levels)", tok,
-                        hint="name an inner part with 'let' to flatten the expression")
-                stack.append(tok)
-            elif kind in _CLOSE:
-                if stack:
-                    stack.pop()
-            yield tok
-            pos = end
+                    tok = new_str(Token, value)
+                    tok.type, tok.start_pos, tok.value, tok.line = kind, pos, value, line
+                    tok.column, tok.end_line, tok.end_column, tok.end_pos = col, line, col + 1, end
+                    line += 1
+                    line_start = pos = end
+                    break
+                value = m.group()
+                col = pos - line_start + 1
+                if kind == "NAME":
+                    kw = keywords.get(value)
+                    if kw is not None and kw in states[state_stack[-1]]:
+                        kind = kw
+                elif kind == "INT":
+                    if value[0] == "-":
+                        row = states[state_stack[-1]]
+                        if "INT" not in row and "_MINUS" in row:
+                            # `x-1`: where no number may come, the '-' is the operator.
+                            kind, value, end = "_MINUS", "-", pos + 1
+                tok = new_str(Token, value)
+                tok.type, tok.start_pos, tok.value, tok.line = kind, pos, value, line
+                tok.column, tok.end_line, tok.end_column, tok.end_pos = (
+                    col, line, col + len(value), end)
+                if kind in _NUMBER_RULES and "_" in value \
+                        and not _NUMBER_RULES[kind].match(value):
+                    raise _LexProblem(f"malformed number '{clip(value)}'", tok,
+                                      expected="digits with single '_' between them, such as "
+                                               + ("131_072" if kind == "INT" else "0.25"))
+                if kind in _OPEN:
+                    if len(stack) >= MAX_NESTING:
+                        raise _LexProblem(
+                            f"brackets nest too deeply (more than {MAX_NESTING} levels)", tok,
+                            hint="name an inner part with 'let' to flatten the expression")
+                    stack.append(tok)
+                elif kind in _CLOSE:
+                    if stack:
+                        stack.pop()
+                pos = end
+                break
+            is_end = tok is None
+            if is_end:
+                tok = Token.new_borrow_pos("$END", "", last) if last is not None \
+                    else Token("$END", "", 0, 1, 1, 1, 1, 0)
+            kind = tok.type
+
+            # -- feed it: reduce as long as the table says so, then shift ---------------
+            while True:
+                row = states[state_stack[-1]]
+                try:
+                    action, arg = row[kind]
+                except KeyError:
+                    expected = {s for s in row.keys() if s.isupper()}
+                    raise UnexpectedToken(tok, expected, state=state,
+                                          interactive_parser=None) from None
+                if action is Shift:
+                    # (lark asserts this for every action; a reduce's rule never equals a
+                    # state number, so only a shift can break it.)
+                    assert arg != end_state
+                    assert not is_end
+                    state_stack.append(arg)
+                    cb = term_callbacks.get(kind)
+                    value_stack.append(tok if cb is None else cb(tok))
+                    break
+                info = rules.get(id(arg))  # rules live as long as the tables
+                if info is None:
+                    info = rule_info(arg, callbacks)
+                size, origin, cb = info
+                if size:
+                    children = value_stack[-size:]
+                    del state_stack[-size:]
+                    del value_stack[-size:]
+                else:
+                    children = []
+                value = cb(children) if cb is not None else children
+                _action, new_state = states[state_stack[-1]][origin]
+                assert _action is Shift
+                state_stack.append(new_state)
+                value_stack.append(value)
+                if is_end and new_state == end_state:
+                    return value
+            last = tok
 
 
 _lock = threading.Lock()
