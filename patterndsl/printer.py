@@ -129,8 +129,30 @@ def _call(name: str, *args: str) -> str:
     return f"{name}({', '.join(args)})"
 
 
+# id(node) -> (node, text).  The sort pass keys every term by its text, and a chain's
+# text contains each of its terms' texts, so without this a deep term is printed again
+# for every chain it is a part of.  Holding the node keeps its id from being reused.
+# Bounded in entries and in the length of a remembered text, so that the texts of every
+# level of a huge nested expression are never all held at once.
+_text_memo: dict = {}
+_TEXT_MEMO_LIMIT = 65536
+_TEXT_MEMO_WIDTH = 4096
+
+
 def expr_text(e: ir.Expr) -> str:
     """Spec text of one pattern expression."""
+    hit = _text_memo.get(id(e))
+    if hit is not None and hit[0] is e:
+        return hit[1]
+    if len(_text_memo) > _TEXT_MEMO_LIMIT:
+        _text_memo.clear()
+    text = _expr_text(e)
+    if len(text) <= _TEXT_MEMO_WIDTH:
+        _text_memo[id(e)] = (e, text)
+    return text
+
+
+def _expr_text(e: ir.Expr) -> str:
     if isinstance(e, ir.Union) or isinstance(e, ir.Intersect):
         op = " | " if isinstance(e, ir.Union) else " & "
         if not e.terms:

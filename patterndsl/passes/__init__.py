@@ -7,6 +7,7 @@ makes the result a fixed point: canonicalising it again returns it unchanged.
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 
 from .. import ir
@@ -24,15 +25,22 @@ __all__ = ["PIPELINE", "canonicalize", "canonicalize_expr", "flatten", "simplify
 PIPELINE = (flatten, simplify_identities, merge, subsume, sort_terms)
 
 
-def canonicalize_expr(e: ir.Expr) -> ir.Expr:
-    """The canonical form of one expression."""
+def canonicalize_expr(e: ir.Expr, memos: list[dict] | None = None) -> ir.Expr:
+    """The canonical form of one expression.
+
+    ``memos`` (one dict per pass of :data:`PIPELINE`, see :func:`._walk.bottom_up`) lets
+    several calls share the work on sub-patterns they have in common; :func:`canonicalize`
+    passes one set for all lines of a program."""
+    if memos is None:
+        memos = [{} for _ in PIPELINE]
     while True:
         out = e
-        for p in PIPELINE:
-            out = p(out)
+        for p, memo in zip(PIPELINE, memos):
+            out = p(out, memo)
         # Every pass either shrinks the tree, merges terms, or reorders into the one
-        # sorted order, so this loop ends after a few rounds.
-        if out == e:
+        # sorted order, so this loop ends after a few rounds.  A round that changed
+        # nothing hands back the very same object, which spares the deep comparison.
+        if out is e or out == e:
             return out
         e = out
 
@@ -53,6 +61,26 @@ def canonicalize(program: ir.Program) -> ir.Program:
     """Every rule's expression canonicalised, and the rules in a fixed order: the default,
     then ``layers``, ``heads`` and ``layers heads`` lines, each by selector.  Retention and
     budget are kept as written (the order of score terms is part of their meaning)."""
-    rules = tuple(sorted((replace(r, expr=canonicalize_expr(r.expr)) for r in program.rules),
-                         key=_rule_key))
-    return replace(program, rules=rules)
+    # The passes allocate many short-lived nodes and hold no reference cycles; with the
+    # collector running, each collection rescans every live node of the program (and of
+    # the memos), which on a large spec cost as much as the passes themselves.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _canonicalize(program)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _canonicalize(program: ir.Program) -> ir.Program:
+    memos = [{} for _ in PIPELINE]
+    done: dict[int, tuple[ir.Expr, ir.Expr]] = {}  # id(line expression) -> (it, canonical)
+    rules = []
+    for r in program.rules:
+        # Lines often hold the same let-bound object whole (``heads 0:4 = g``).
+        hit = done.get(id(r.expr))
+        if hit is None:
+            hit = done[id(r.expr)] = (r.expr, canonicalize_expr(r.expr, memos))
+        rules.append(replace(r, expr=hit[1]))
+    return replace(program, rules=tuple(sorted(rules, key=_rule_key)))

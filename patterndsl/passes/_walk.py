@@ -3,7 +3,15 @@
 A pass is a node-level rule (``Expr -> Expr``) that may assume its operands are
 already rewritten; :func:`bottom_up` applies it from the leaves to the root and
 keeps every unchanged subtree as the same object, so a pass that rewrites nothing
-returns its input and the fixed-point loop can stop on ``==``.
+returns its input and the fixed-point loop can stop on ``is``.
+
+A rule is a pure function of the subtree it is given, so its result for one node
+object can be reused wherever that object occurs again.  Lowering substitutes a
+``let`` name by the very object it was bound to, so in a spec file the same
+sub-pattern object sits under many lines (and, for ``let b = a | a``, twice under one
+node); :func:`bottom_up` visits each such object once per memo.  Memos are keyed by
+object identity, not by equality, so a reused result carries the spans of the very
+node it was computed from.
 """
 from __future__ import annotations
 
@@ -15,20 +23,71 @@ from .. import ir
 Rule = Callable[[ir.Expr], ir.Expr]
 
 
-def bottom_up(e: ir.Expr, rule: Rule) -> ir.Expr:
-    if isinstance(e, (ir.Union, ir.Intersect)):
-        terms = tuple(bottom_up(t, rule) for t in e.terms)
-        if any(a is not b for a, b in zip(terms, e.terms)):
-            e = replace(e, terms=terms)
-    elif isinstance(e, ir.Difference):
-        left, right = bottom_up(e.left, rule), bottom_up(e.right, rule)
+def bottom_up(e: ir.Expr, rule: Rule, memo: dict | None = None,
+              keep: frozenset = frozenset()) -> ir.Expr:
+    """``rule`` applied from the leaves of ``e`` up.  ``memo`` (id(node) -> (node, result))
+    may be shared between calls that use the same ``rule``, e.g. over every line of a
+    program; without one, reuse is limited to the objects shared inside ``e``.  ``keep``
+    names leaf types that ``rule`` always returns unchanged, so they are not visited."""
+    if type(e) in keep:
+        return e
+    return _bottom_up(e, rule, {} if memo is None else memo, keep)
+
+
+def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
+    hit = memo.get(id(e))
+    if hit is not None:
+        return hit[1]
+    node = e
+    t = type(e)
+    if t is ir.Union or t is ir.Intersect:
+        old = e.terms
+        terms = tuple([c if type(c) in keep else _bottom_up(c, rule, memo, keep) for c in old])
+        for a, b in zip(terms, old):
+            if a is not b:
+                node = replace(e, terms=terms)
+                break
+    elif t is ir.Difference:
+        left = e.left if type(e.left) in keep else _bottom_up(e.left, rule, memo, keep)
+        right = e.right if type(e.right) in keep else _bottom_up(e.right, rule, memo, keep)
         if left is not e.left or right is not e.right:
-            e = replace(e, left=left, right=right)
-    elif isinstance(e, ir.Blockwise):
-        inner = bottom_up(e.expr, rule)
+            node = replace(e, left=left, right=right)
+    elif t is ir.Blockwise:
+        inner = e.expr if type(e.expr) in keep else _bottom_up(e.expr, rule, memo, keep)
         if inner is not e.expr:
-            e = replace(e, expr=inner)
-    return rule(e)
+            node = replace(e, expr=inner)
+    out = rule(node)
+    # Holding ``e`` keeps its id from being reused by another object while the memo lives.
+    memo[id(e)] = (e, out)
+    return out
+
+
+#: Expression types without operands: a pass may pass some of them as ``keep``.
+LEAF_TYPES = frozenset(set(ir.PRIMITIVE_TYPES) - {ir.Blockwise}) | frozenset(ir.DYNAMIC_TYPES)
+
+
+def memo_by_node(fn):
+    """Remember ``fn(node)`` per node object (bounded): callers ask about the same node
+    many times, e.g. a sort key per comparison or a description per pair of terms."""
+    cache: dict = {}
+
+    def wrapper(node):
+        hit = cache.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        if len(cache) > _MEMO_LIMIT:
+            cache.clear()
+        out = fn(node)
+        cache[id(node)] = (node, out)  # holding the node keeps its id from being reused
+        return out
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    wrapper.cache = cache
+    return wrapper
+
+
+#: Entries a node memo holds before it starts over (it keeps its nodes alive meanwhile).
+_MEMO_LIMIT = 65536
 
 
 def nary(cls, terms) -> ir.Expr:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import ir
-from ._walk import bottom_up, nary
+from ._walk import LEAF_TYPES, bottom_up, nary
 
 
 def _flatten_node(e: ir.Expr) -> ir.Expr:
@@ -30,5 +30,9 @@ def _flatten_node(e: ir.Expr) -> ir.Expr:
     return replace(out, span=e.span) if isinstance(out, cls) else out
 
 
-def flatten(e: ir.Expr) -> ir.Expr:
-    return bottom_up(e, _flatten_node)
+# The rule only rewrites chains.
+_KEEP = LEAF_TYPES
+
+
+def flatten(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
+    return bottom_up(e, _flatten_node, memo, _KEEP)

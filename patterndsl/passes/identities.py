@@ -27,13 +27,28 @@ from ._walk import bottom_up, nary
 
 
 def _dedupe(terms):
+    terms = list(terms)
     out: list[ir.Expr] = []
+    if len(terms) <= _SMALL_CHAIN:
+        # Comparing a few terms directly is cheaper than hashing each deep term whole
+        # (hashes are not cached; equality stops at the first difference).
+        for t in terms:
+            ty = type(t)
+            for o in out:
+                if o is t or (type(o) is ty and o == t):
+                    break
+            else:
+                out.append(t)
+        return out
     seen: set = set()
     for t in terms:
         if t not in seen:
             seen.add(t)
             out.append(t)
     return out
+
+
+_SMALL_CHAIN = 16
 
 
 def _slash_is_empty(s: ir.Slash) -> bool:
@@ -107,5 +122,10 @@ def _identities_node(e: ir.Expr) -> ir.Expr:
     return _degenerate(e)
 
 
-def simplify_identities(e: ir.Expr) -> ir.Expr:
-    return bottom_up(e, _identities_node)
+# Leaves that no law or degenerate case rewrites.
+_KEEP = frozenset({ir.All, ir.Nothing, ir.Causal, ir.Document, ir.Local, ir.TopVertical,
+                   ir.TopSlash, ir.TopBlocks})
+
+
+def simplify_identities(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
+    return bottom_up(e, _identities_node, memo, _KEEP)

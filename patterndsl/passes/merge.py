@@ -27,7 +27,7 @@ from dataclasses import replace
 from math import gcd
 
 from .. import ir
-from ._walk import bottom_up, nary
+from ._walk import LEAF_TYPES, bottom_up, nary
 
 
 # ---------------------------------------------------------------------------
@@ -220,5 +220,9 @@ def _merge_node(e: ir.Expr) -> ir.Expr:
     return _normalize_sets(e)
 
 
-def merge(e: ir.Expr) -> ir.Expr:
-    return bottom_up(e, _merge_node)
+# The rule rewrites operators and index/offset sets only.
+_KEEP = LEAF_TYPES - {ir.Rows, ir.Cols, ir.Global, ir.Slash}
+
+
+def merge(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
+    return bottom_up(e, _merge_node, memo, _KEEP)

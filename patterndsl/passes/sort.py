@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from .. import ir
 from ..printer import expr_text
-from ._walk import bottom_up
+from ._walk import LEAF_TYPES, bottom_up, memo_by_node
 
 _RANK = {cls: i for i, cls in enumerate((
     ir.All, ir.Nothing, ir.Causal, ir.Document, ir.Local, ir.Dilated, ir.Stride, ir.Block,
@@ -23,7 +23,10 @@ _RANK = {cls: i for i, cls in enumerate((
 ))}
 
 
+@memo_by_node
 def term_key(e: ir.Expr):
+    # Remembered per node: printing is most of a comparison's cost, and sorting and the
+    # subsume pass ask for the key of one node many times.
     return (_RANK.get(type(e), len(_RANK)), expr_text(e))
 
 
@@ -35,5 +38,9 @@ def _sort_node(e: ir.Expr) -> ir.Expr:
     return e
 
 
-def sort_terms(e: ir.Expr) -> ir.Expr:
-    return bottom_up(e, _sort_node)
+# The rule only reorders chains.
+_KEEP = LEAF_TYPES
+
+
+def sort_terms(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
+    return bottom_up(e, _sort_node, memo, _KEEP)

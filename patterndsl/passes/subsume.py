@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .. import ir
-from ._walk import bottom_up, nary
+from ._walk import LEAF_TYPES, _MEMO_LIMIT, bottom_up, memo_by_node, nary
 from .merge import index_item_key, offset_item_key
 from .sort import term_key
 
@@ -33,23 +33,6 @@ from .sort import term_key
 _PAIRWISE_LIMIT = 64  # terms of one chain (or items of one set) compared pairwise
 _SET_LIMIT = 256  # items of an index or offset set that get described at all
 _WORK_LIMIT = 4096  # pairs of progressions (or of position items) compared per question
-
-
-def _memo(fn):
-    """Remember ``fn(node)`` per node object: the pair loops ask about the same node often."""
-    cache: dict = {}
-
-    def wrapper(node):
-        hit = cache.get(id(node))
-        if hit is not None and hit[0] is node:
-            return hit[1]
-        if len(cache) > 65536:
-            cache.clear()
-        out = fn(node)
-        cache[id(node)] = (node, out)  # holding the node keeps its id from being reused
-        return out
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
 
 
 # ---------------------------------------------------------------------------
@@ -148,14 +131,14 @@ def _offset_ap(item) -> _AP | None:
     return _AP(item, item)
 
 
-@_memo
+@memo_by_node
 def _offset_items(index: ir.IndexSet):
     if len(index.items) > _SET_LIMIT:
         return None
     return [ap for ap in map(_offset_ap, index.items) if ap is not None]
 
 
-@_memo
+@memo_by_node
 def _offsets(e: ir.Expr):
     """The offsets ``q - k`` that ``e`` allows, as progressions, when ``e`` depends on them alone."""
     if isinstance(e, ir.All):
@@ -243,7 +226,7 @@ def _item_desc(item):
     return ("raw", item)
 
 
-@_memo
+@memo_by_node
 def _index_desc(index: ir.IndexSet):
     """None for a set too large to describe."""
     if len(index.items) > _SET_LIMIT:
@@ -274,7 +257,7 @@ def _position_subset(a_desc, b_desc) -> bool:
     return True
 
 
-@_memo
+@memo_by_node
 def _key_positions(e: ir.Expr):
     """The keys ``e`` allows when it depends on ``k`` alone (sink, every, cols)."""
     if isinstance(e, ir.Cols):
@@ -290,22 +273,52 @@ def _key_positions(e: ir.Expr):
 # The oracle
 # ---------------------------------------------------------------------------
 
+_subset_memo: dict = {}  # (id(a), id(b)) -> (a, b, answer)
+
+
 def subset(a: ir.Expr, b: ir.Expr) -> bool:
     """True only if every (q, k) that ``a`` allows, ``b`` allows, for every n."""
-    if a == b or isinstance(a, ir.Nothing) or isinstance(b, ir.All):
+    # Remembered per pair of node objects: a chain's terms are compared pairwise, a
+    # difference asks about its left terms again, and the next round of the pipeline asks
+    # about the same term objects in their sorted order.
+    key = (id(a), id(b))
+    hit = _subset_memo.get(key)
+    if hit is not None and hit[0] is a and hit[1] is b:
+        return hit[2]
+    if len(_subset_memo) > _MEMO_LIMIT:
+        _subset_memo.clear()
+    out = _subset(a, b)
+    _subset_memo[key] = (a, b, out)  # holding a and b keeps their ids from being reused
+    return out
+
+
+def _subset(a: ir.Expr, b: ir.Expr) -> bool:
+    ta, tb = type(a), type(b)
+    # Nodes of different types are never equal, which spares the dataclass comparison.
+    if a is b or ta is ir.Nothing or tb is ir.All or (ta is tb and a == b):
         return True
     # Operators first: these reduce to questions about their operands.
-    if isinstance(a, ir.Union):
-        return all(subset(t, b) for t in a.terms)
-    if isinstance(b, ir.Intersect):
-        return all(subset(a, t) for t in b.terms)
-    if isinstance(a, ir.Intersect) and any(subset(t, b) for t in a.terms):
+    if ta is ir.Union:
+        for t in a.terms:
+            if not subset(t, b):
+                return False
         return True
-    if isinstance(a, ir.Difference) and subset(a.left, b):
+    if tb is ir.Intersect:
+        for t in b.terms:
+            if not subset(a, t):
+                return False
         return True
-    if isinstance(b, ir.Union) and any(subset(a, t) for t in b.terms):
+    if ta is ir.Intersect:
+        for t in a.terms:
+            if subset(t, b):
+                return True
+    elif ta is ir.Difference and subset(a.left, b):
         return True
-    if isinstance(a, (ir.Intersect, ir.Difference)) or isinstance(b, (ir.Union, ir.Difference)):
+    if tb is ir.Union:
+        for t in b.terms:
+            if subset(a, t):
+                return True
+    if ta is ir.Intersect or ta is ir.Difference or tb is ir.Union or tb is ir.Difference:
         return False
     return _primitive_subset(a, b)
 
@@ -433,5 +446,9 @@ def _subsume_node(e: ir.Expr) -> ir.Expr:
     return replace(out, span=e.span) if isinstance(out, type(e)) else out
 
 
-def subsume(e: ir.Expr) -> ir.Expr:
-    return bottom_up(e, _subsume_node)
+# The rule rewrites chains, differences and index/offset sets only.
+_KEEP = LEAF_TYPES - {ir.Rows, ir.Cols, ir.Global, ir.Slash}
+
+
+def subsume(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
+    return bottom_up(e, _subsume_node, memo, _KEEP)
