@@ -421,7 +421,7 @@ def _torch_predicate(expr):
     return env["f"]
 
 
-@settings(max_examples=250, **_SETTINGS)
+@settings(max_examples=150, **_SETTINGS)
 @given(_EXPRS, st.integers(1, 70), st.data())
 def test_emitted_predicate_matches_reference(expr, n, data):
     from patterndsl.codegen.emit import bind
