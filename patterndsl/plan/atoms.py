@@ -289,6 +289,15 @@ def count_band(qa, qb, ka, kb, dlo, dhi, QM, QR) -> torch.Tensor:
     """`count_basic` without key congruences (M = 1): per piece an arithmetic series."""
     Q0 = qa + torch.remainder(QR - qa, QM)
     J = torch.where(Q0 < qb, fdiv(qb - 1 - Q0, QM) + 1, torch.zeros_like(Q0))
+    # Rectangles the band does not cut (every q - k inside it): rows x keys.
+    inside = (qa - kb + 1 >= dlo) & (qb - 1 - ka < dhi)
+    if bool(inside.all()):
+        return J * (kb - ka)
+    if bool(inside.any()):
+        out = J * (kb - ka)
+        cut = (~inside).nonzero().flatten()
+        out[cut] = count_band(qa[cut], qb[cut], ka[cut], kb[cut], dlo[cut], dhi[cut], QM[cut], QR[cut])
+        return out
     jL = torch.minimum(torch.clamp(cdiv(ka + dhi - 1 - Q0, QM), min=0), J)
     jR = torch.minimum(torch.clamp(fdiv(kb - 1 + dlo - Q0, QM) + 1, min=0), J)
     cuts = [torch.zeros_like(J), torch.minimum(jL, jR), torch.maximum(jL, jR), J]
@@ -326,6 +335,11 @@ def count_rects(sums: Sum, q0, q1, k0, k1, ctx: Context) -> torch.Tensor:
             if a.groups not in splits:
                 splits[a.groups] = _split_groups(a.groups, q0, q1, k0, k1, every, ctx)
             qa, qb, ka, kb, rid = splits[a.groups]
+            if R == 1 and qa.numel():
+                # one rectangle: its pieces run in query order, so the atom's rows are a slice
+                i0 = int(torch.searchsorted(qb, torch.tensor([a.qlo]), right=True))
+                i1 = int(torch.searchsorted(qa, torch.tensor([a.qhi]), right=False))
+                qa, qb, ka, kb, rid = qa[i0:i1], qb[i0:i1], ka[i0:i1], kb[i0:i1], rid[i0:i1]
         else:
             qa, qb, ka, kb, rid = q0, q1, k0, k1, every
         qa = torch.clamp(qa, min=a.qlo)

@@ -112,6 +112,28 @@ def merge_sorted(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     return nlo, torch.where(nlo < INF, nhi, torch.full_like(nhi, INF))
 
 
+def interleave(a: Iv, b: Iv, extra=None):
+    """The entries of two normalised sets in position order, without a row-wise sort
+    (torch sorts short rows slowly): each entry's rank is its index plus the number of the
+    other set's entries before it.  ``extra``: per-set tensors ``(xa, xb)`` carried along."""
+    T, Ka = a[0].shape
+    Kb = b[0].shape[1]
+    K = Ka + Kb
+    ra = torch.arange(Ka) + torch.searchsorted(b[0].contiguous(), a[0].contiguous(), right=False)
+    rb = torch.arange(Kb) + torch.searchsorted(a[0].contiguous(), b[0].contiguous(), right=True)
+    ra = torch.where(a[0] < INF, ra, torch.full_like(ra, K))
+    rb = torch.where(b[0] < INF, rb, torch.full_like(rb, K))
+
+    def put(x, y, fill):
+        out = torch.full((T, K + 1), fill, dtype=x.dtype)
+        return out.scatter_(1, ra, x).scatter_(1, rb, y)[:, :K]
+    lo = put(a[0], b[0], INF)
+    hi = put(a[1], b[1], INF)
+    if extra is None:
+        return lo, hi
+    return lo, hi, put(extra[0], extra[1], False)
+
+
 def union(a: Iv, b: Iv) -> Iv:
     if is_empty(a) or is_full(b):
         return b
@@ -119,7 +141,7 @@ def union(a: Iv, b: Iv) -> Iv:
         return a
     if a[0].shape[1] == 1 and b[0].shape[1] == 1:
         return _union11(a, b)
-    return norm(torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]], 1))
+    return merge_sorted(*interleave(a, b))
 
 
 def _union11(a: Iv, b: Iv) -> Iv:

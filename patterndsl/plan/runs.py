@@ -26,28 +26,33 @@ def tile_runs(hull, core, g: Geom):
     # the class's last tile may be short: it is full when the core reaches the class end
     chi = torch.where(core[1] >= g.kcount.unsqueeze(1), torch.full_like(core[1], ct * bn), core[1])
     f = iv.compact(torch.where(creal, cdiv(core[0], bn), core[0]), torch.where(creal, fdiv(chi, bn), core[1]))
-    # Sweep the boundaries: +1/-1 at hull ends, +2/-2 at full ends (full tiles lie inside
-    # the hull), so the running level is 0 outside, 1 on partial and 3 on full tiles.  Hull
-    # intervals never touch, nor do full ones, so consecutive pieces of positive length
-    # always differ in kind: each is a maximal run.
-    KH, KF = h[0].shape[1], f[0].shape[1]
-    pts = torch.cat([h[0], h[1], f[0], f[1]], 1)
-    tag = torch.cat([torch.ones(KH, dtype=torch.int64), -torch.ones(KH, dtype=torch.int64),
-                     torch.full((KF,), 2, dtype=torch.int64), torch.full((KF,), -2, dtype=torch.int64)])
-    tag = tag.expand_as(pts).masked_fill(pts >= INF, 0)
-    pts, order = torch.sort(pts, dim=1, stable=True)
-    level = torch.cumsum(torch.gather(tag, 1, order), 1)[:, :-1]
+    # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
+    # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
+    # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
+    # sequences merge by rank, without a row-wise sort.  Hull intervals never touch, nor do
+    # full ones: consecutive pieces of positive length always differ in kind, so each is a
+    # maximal run.
+    hp = torch.stack([h[0], h[1]], 2).reshape(T, 2 * h[0].shape[1])
+    fp = torch.stack([f[0], f[1]], 2).reshape(T, 2 * f[0].shape[1])
+    KH, KF = hp.shape[1], fp.shape[1]
+    rh = torch.arange(KH) + torch.searchsorted(fp, hp, right=False)
+    rf = torch.arange(KF) + torch.searchsorted(hp, fp, right=True)
+    th = torch.tensor([1, -1], dtype=torch.int64).repeat(KH // 2).expand(T, KH).masked_fill(hp >= INF, 0)
+    tf = torch.tensor([2, -2], dtype=torch.int64).repeat(KF // 2).expand(T, KF).masked_fill(fp >= INF, 0)
+    pts = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, hp).scatter_(1, rf, fp)
+    tag = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, th).scatter_(1, rf, tf)
+    level = torch.cumsum(tag, 1)[:, :-1]
     a, b = pts[:, :-1], pts[:, 1:]
-    run = (b > a) & (level > 0)
+    run = (b > a) & (level > 0) & (a < INF)
     # left-align the runs, carrying their kind
     slot = torch.cumsum(run, 1) - 1
     S = int(run.sum(1).max()) if T and run.numel() else 0
     slot = torch.where(run, slot, torch.full_like(slot, S))
-    lo = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, a)
-    hi = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, b)
-    full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)
+    lo = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, a)[:, :S]
+    hi = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, b)[:, :S]
+    full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)[:, :S]
     used = hi > lo
-    lo, hi, full, used = lo[:, :S], hi[:, :S], full[:, :S] & used[:, :S], used[:, :S]
+    full = full & used
     base = (g.kclass * ct).unsqueeze(1)
     lo = torch.where(used, lo + base, torch.zeros_like(lo))
     hi = torch.where(used, hi + base, torch.zeros_like(hi))

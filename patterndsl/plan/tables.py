@@ -56,17 +56,27 @@ def random_table(count: int, block: int, seed: int, causal: bool, n: int) -> tor
     active = torch.nonzero(~full).flatten()
     wrap = _wrap(cand)
     j = 0
-    # One draw per still-active row per step, in stream order: a row takes its draw when it
-    # does not hold it yet.  Rows finish after about r steps (a few more on collisions).
+    # Draws are made a few stream positions at a time for all still-active rows, then taken
+    # one stream position after another: a row takes a draw when it does not hold it yet and
+    # still needs one (stream order, exactly as the definition).
+    width = r + 2
     while active.numel():
-        c = cand[active]
-        v = _umod(splitmix64_tensor(base[active] + j), c, wrap[active])
-        new = ~(table[active] == v.unsqueeze(1)).any(1)
-        rows_new = active[new]
-        table[rows_new, held[rows_new]] = v[new]
-        held[rows_new] += 1
-        active = active[held[active] < target[active]]
-        j += 1
+        c = cand[active].unsqueeze(1)
+        v = _umod(splitmix64_tensor(base[active].unsqueeze(1) + torch.arange(j, j + width)), c,
+                  wrap[active].unsqueeze(1))
+        rows = table[active]
+        h = held[active]
+        need = target[active]
+        for col in range(width):
+            x = v[:, col]
+            new = ~(rows == x.unsqueeze(1)).any(1) & (h < need)
+            idx = new.nonzero().flatten()
+            rows[idx, h[idx]] = x[idx]
+            h = h + new
+        table[active] = rows
+        held[active] = h
+        active = active[h < need]
+        j += width
     key = torch.where(table < 0, torch.full_like(table, 1 << 62), table)
     return torch.gather(table, 1, key.argsort(dim=1))
 
