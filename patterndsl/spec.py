@@ -98,9 +98,14 @@ def parse(text) -> Spec:
             raise PsparseSyntaxError(f"the spec is not valid UTF-8 text (byte {e.start})") from None
     if not isinstance(text, str):
         raise PsparseUsageError(f"a spec is text, not {type(text).__name__}")
-    from .parser import parse_tree
+    from .parser import gc_paused, parse_tree
     from .lower import lower
     from .passes import canonicalize
-    tree = parse_tree(text)
-    program = lower(tree, text)
-    return Spec(text, program, canonicalize(program))
+    # One pause of the cyclic collector for the whole front end (each stage also pauses it
+    # on its own): a collection between stages would scan every token and tree node just
+    # made, and the tree is freed by reference counting before the collector runs again.
+    with gc_paused():
+        tree = parse_tree(text)
+        program = lower(tree, text)
+        del tree
+        return Spec(text, program, canonicalize(program))

@@ -276,8 +276,13 @@ def _key_positions(e: ir.Expr):
 _subset_memo: dict = {}  # (id(a), id(b)) -> (a, b, answer)
 
 
+_OPERATORS = frozenset({ir.Union, ir.Intersect, ir.Difference})
+
+
 def subset(a: ir.Expr, b: ir.Expr) -> bool:
     """True only if every (q, k) that ``a`` allows, ``b`` allows, for every n."""
+    if type(a) not in _OPERATORS and type(b) not in _OPERATORS:
+        return _subset(a, b)  # two primitives: cheaper to answer than to look up
     # Remembered per pair of node objects: a chain's terms are compared pairwise, a
     # difference asks about its left terms again, and the next round of the pipeline asks
     # about the same term objects in their sorted order.
@@ -389,13 +394,17 @@ def _reduce(terms, covered, key=term_key) -> list:
     if len(terms) > _PAIRWISE_LIMIT:
         return list(terms)
     kept: list[int] = []
-    for i in sorted(range(len(terms)), key=lambda i: key(terms[i])):
+    keys = [key(t) for t in terms]
+    for i in sorted(range(len(terms)), key=keys.__getitem__):
         t = terms[i]
-        if any(covered(t, terms[j]) for j in kept):
-            continue
-        kept = [j for j in kept if not covered(terms[j], t)]
-        kept.append(i)
-    return [terms[i] for i in sorted(kept)]
+        for j in kept:
+            if covered(t, terms[j]):
+                break
+        else:
+            kept = [j for j in kept if not covered(terms[j], t)]
+            kept.append(i)
+    kept.sort()
+    return [terms[i] for i in kept]
 
 
 def _reduce_items(e: ir.Expr) -> ir.Expr:
