@@ -21,7 +21,15 @@ SHORT_ROWS = 32
 
 
 def _fits(s: int, n: int) -> bool:
+    """A diagonal residue view needs classes long enough to fill a minimal tile (its query
+    tiles would otherwise hold a few rows each)."""
     return 1 < s and s * MIN_CLASS <= n
+
+
+def _fits_axis(s: int, n: int) -> bool:
+    """Key (or query) residue views only permute one axis: any period below n pays, since the
+    other axis keeps full tiles and the permuted one needs a single tile per class."""
+    return 1 < s < n
 
 
 def _combine(a: ViewKind, b: ViewKind, n: int):
@@ -44,7 +52,7 @@ def _combine_kind(a: ViewKind, b: ViewKind, n: int):
         if c is None:
             return None
         r, m = c
-        if _fits(m, n):
+        if (_fits if a.kind == "d" else _fits_axis)(m, n):
             return ViewKind(a.kind, m, r)
         return a if a.s >= b.s else b
     rank = {"d": 0, "k": 1, "q": 2}
@@ -69,7 +77,7 @@ def _row_groups(progs, n: int):
         out.setdefault(v, []).extend(items)
     for p in progs:
         if p[2] > 1:
-            v = ViewKind("q", p[2], p[0] % p[2], p[0], p[1]) if _fits(p[2], n) else IDENTITY
+            v = ViewKind("q", p[2], p[0] % p[2], p[0], p[1]) if _fits_axis(p[2], n) else IDENTITY
             out.setdefault(v, []).append(p)
     return {v: ir.Rows(_items(ps)) for v, ps in out.items()}
 
@@ -82,7 +90,8 @@ def _by_step(progs, n: int, kind: str, make):
     out: dict = {}
     for p in progs:
         start, stop, step = p
-        v = ViewKind(kind, step, start % step) if step > 1 and _fits(step, n) else IDENTITY
+        fits = _fits(step, n) if kind == "d" else _fits_axis(step, n)
+        v = ViewKind(kind, step, start % step) if step > 1 and fits else IDENTITY
         out.setdefault(v, []).append(p)
     return {v: make(_items(ps)) for v, ps in out.items()}
 
@@ -112,7 +121,7 @@ def _split(e: ir.Expr, n: int) -> dict:
     if isinstance(e, ir.Dilated):
         return {ViewKind("d", e.dilation, 0) if _fits(e.dilation, n) else IDENTITY: e}
     if isinstance(e, ir.Every):
-        return {ViewKind("k", e.step, e.offset) if _fits(e.step, n) else IDENTITY: e}
+        return {ViewKind("k", e.step, e.offset) if _fits_axis(e.step, n) else IDENTITY: e}
     if isinstance(e, ir.Slash):
         return _by_step(resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1)), n, "d", ir.Slash) or {IDENTITY: e}
     if isinstance(e, ir.Cols):
@@ -122,7 +131,7 @@ def _split(e: ir.Expr, n: int) -> dict:
     if isinstance(e, ir.Global):
         progs = resolve_index(e.index, n)
         rows = _row_groups(progs, n)
-        if list(rows) == [IDENTITY] and all(s == 1 or not _fits(s, n) for _, _, s in progs):
+        if list(rows) == [IDENTITY] and all(s == 1 or not _fits_axis(s, n) for _, _, s in progs):
             return {IDENTITY: e}
         return _merge(rows, _by_step(progs, n, "k", ir.Cols))
     if isinstance(e, ir.Union):

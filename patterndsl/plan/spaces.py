@@ -18,7 +18,7 @@ from math import gcd
 import torch
 
 from .. import ir
-from .arith import INF, cdiv
+from .arith import INF, cdiv, fdiv
 from .context import GROUP_TYPES, Context, cap
 from .indexsets import resolve_index, resolve_offsets
 from . import intervals as iv
@@ -54,6 +54,13 @@ def q_rows(g: Geom, x: int, y: int, m: int = 1):
     if g.sq % m == 0:
         hit = (g.qf - x) % m == 0
         return all_iv & hit, none_iv | ~hit
+    if g.sq == 1:
+        # contiguous rows: count the progression's members among them
+        lo = torch.maximum(g.qmin, torch.full_like(g.qmin, x))
+        hi = torch.minimum(g.qmax, torch.full_like(g.qmax, y - 1))
+        members = torch.clamp(fdiv(hi - x, m) - cdiv(lo - x, m) + 1, min=0)
+        members = torch.where(hi >= lo, members, torch.zeros_like(members))
+        return all_iv & one & (members > 0), none_iv | (members == 0)
     hit1 = (g.qmin - x) % m == 0
     return all_iv & one & hit1, none_iv | (one & ~hit1)
 
@@ -119,10 +126,25 @@ def index_rows(g: Geom, progs):
     return _progs_union([q_interval(g, a, b, s) for a, b, s in progs])
 
 
+# A key progression with at most this many members is spelled out member by member (exact),
+# rather than as an interval under a congruence the view may not absorb.
+EXPAND_KEYS = 32
+
+
+def k_prog(g: Geom, a: int, b: int, s: int):
+    """Keys ``a, a+s, ... < b``."""
+    count = -(-(b - a) // s) if b > a else 0
+    if s > 1 and count <= EXPAND_KEYS and g.sk % s:
+        keys = torch.arange(a, b, s, dtype=torch.int64)
+        lo, hi = _kconv(g, keys.expand(g.T, -1), keys.expand(g.T, -1) + 1)
+        return _both(iv.merge_sorted(lo, hi))
+    return meet(k_interval(g, a, b), k_cong(g, s, a % s))
+
+
 def index_cols(g: Geom, progs):
     if not progs:
         return _both(iv.empty(g.T))
-    return _progs_union([meet(k_interval(g, a, b), k_cong(g, s, a % s)) for a, b, s in progs])
+    return _progs_union([k_prog(g, a, b, s) for a, b, s in progs])
 
 
 def group(g: Geom, grp) -> tuple:
@@ -185,7 +207,7 @@ def primitive(e: ir.Expr, g: Geom, ctx: Context):
     if isinstance(e, ir.Every):
         if e.step > max(n, 1):
             return k_interval(g, e.offset, e.offset + 1)
-        return k_cong(g, e.step, e.offset)
+        return k_prog(g, e.offset, max(n, e.offset), e.step)
     if isinstance(e, ir.Sink):
         return k_interval(g, 0, cap(e.count, n))
     if isinstance(e, ir.Prefix):
