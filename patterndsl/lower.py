@@ -87,12 +87,40 @@ def lower(tree: Tree, text: str) -> ir.Program:
 # Small helpers
 # ---------------------------------------------------------------------------
 
+def _fast_span_maker():
+    """``Span(line, column, end_line, end_column, start_pos, end_pos)``, built by filling the
+    instance dict: a frozen dataclass's own ``__init__`` stores each field through
+    ``object.__setattr__``, and lowering makes a span for every node.  Falls back to the
+    constructor if Span's layout is not the plain one this relies on."""
+    from dataclasses import fields
+    names = ("line", "column", "end_line", "end_column", "start_pos", "end_pos")
+    if hasattr(Span, "__slots__") or tuple(f.name for f in fields(Span)) != names \
+            or hasattr(Span, "__post_init__"):
+        return Span
+    new = object.__new__
+
+    def make(line, column, end_line, end_column, start_pos, end_pos):
+        s = new(Span)
+        d = s.__dict__
+        d["line"] = line
+        d["column"] = column
+        d["end_line"] = end_line
+        d["end_column"] = end_column
+        d["start_pos"] = start_pos
+        d["end_pos"] = end_pos
+        return s
+    return make
+
+
+_make_span = _fast_span_maker()
+
+
 def _span(node) -> Span | None:
     if isinstance(node, Token):
         if node.line is None:
             return None
-        return Span(node.line, node.column, node.end_line, node.end_column, node.start_pos,
-                    node.end_pos)
+        return _make_span(node.line, node.column, node.end_line, node.end_column,
+                          node.start_pos, node.end_pos)
     # A node's extent is that of its first and last tokens (the grammar keeps the
     # delimiting ones); reading them directly skips building a lark Meta per node.
     first = node
@@ -105,14 +133,14 @@ def _span(node) -> Span | None:
         last = last.children[-1]
     if not isinstance(first, Token) or not isinstance(last, Token) or first.line is None:
         return None
-    return Span(first.line, first.column, last.end_line, last.end_column, first.start_pos,
-                last.end_pos)
+    return _make_span(first.line, first.column, last.end_line, last.end_column, first.start_pos,
+                      last.end_pos)
 
 
 def _join_spans(a: Span | None, b: Span | None) -> Span | None:
     if a is None or b is None:
         return a or b
-    return Span(a.line, a.column, b.end_line, b.end_column, a.start_pos, b.end_pos)
+    return _make_span(a.line, a.column, b.end_line, b.end_column, a.start_pos, b.end_pos)
 
 
 def _suggest(name: str, candidates) -> str | None:

@@ -15,7 +15,6 @@ node it was computed from.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
 
 from .. import ir
@@ -45,17 +44,17 @@ def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
         terms = tuple([c if type(c) in keep else _bottom_up(c, rule, memo, keep) for c in old])
         for a, b in zip(terms, old):
             if a is not b:
-                node = replace(e, terms=terms)
+                node = t(terms, span=e.span)  # what replace() builds, without its overhead
                 break
     elif t is ir.Difference:
         left = e.left if type(e.left) in keep else _bottom_up(e.left, rule, memo, keep)
         right = e.right if type(e.right) in keep else _bottom_up(e.right, rule, memo, keep)
         if left is not e.left or right is not e.right:
-            node = replace(e, left=left, right=right)
+            node = ir.Difference(left, right, span=e.span)
     elif t is ir.Blockwise:
         inner = e.expr if type(e.expr) in keep else _bottom_up(e.expr, rule, memo, keep)
         if inner is not e.expr:
-            node = replace(e, expr=inner)
+            node = ir.Blockwise(e.block, inner, span=e.span)
     out = rule(node)
     # Holding ``e`` keeps its id from being reused by another object while the memo lives.
     memo[id(e)] = (e, out)

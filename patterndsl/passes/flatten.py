@@ -14,9 +14,9 @@ from ._walk import LEAF_TYPES, bottom_up, nary
 
 
 def _flatten_node(e: ir.Expr) -> ir.Expr:
-    if not isinstance(e, (ir.Union, ir.Intersect)):
-        return e
     cls = type(e)
+    if cls is not ir.Union and cls is not ir.Intersect:
+        return e
     if len(e.terms) >= 2 and not any(isinstance(t, cls) for t in e.terms):
         return e
     terms: list[ir.Expr] = []

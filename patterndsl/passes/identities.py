@@ -93,6 +93,9 @@ def _degenerate(e: ir.Expr) -> ir.Expr:
 
 
 def _identities_node(e: ir.Expr) -> ir.Expr:
+    t = type(e)
+    if t is not ir.Union and t is not ir.Intersect and t is not ir.Difference:
+        return _degenerate(e)
     if isinstance(e, ir.Union):
         if any(isinstance(t, ir.All) for t in e.terms):
             return ir.All(span=e.span)

@@ -212,7 +212,8 @@ def _merge_chain(e: ir.Expr) -> ir.Expr:
 
 
 def _merge_node(e: ir.Expr) -> ir.Expr:
-    if isinstance(e, (ir.Union, ir.Intersect)):
+    t = type(e)
+    if t is ir.Union or t is ir.Intersect:
         return _merge_chain(e)
     if (isinstance(e, ir.Difference) and isinstance(e.left, ir.Blockwise)
             and isinstance(e.right, ir.Blockwise) and e.left.block == e.right.block):

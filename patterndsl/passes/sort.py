@@ -9,8 +9,6 @@ Difference is not commutative and keeps its operands.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .. import ir
 from ..printer import expr_text
 from ._walk import LEAF_TYPES, bottom_up, memo_by_node
@@ -31,10 +29,11 @@ def term_key(e: ir.Expr):
 
 
 def _sort_node(e: ir.Expr) -> ir.Expr:
-    if isinstance(e, (ir.Union, ir.Intersect)):
+    t = type(e)
+    if t is ir.Union or t is ir.Intersect:
         terms = tuple(sorted(e.terms, key=term_key))
         if terms != e.terms:
-            return replace(e, terms=terms)
+            return t(terms, span=e.span)
     return e
 
 

@@ -430,10 +430,11 @@ def _reduce_items(e: ir.Expr) -> ir.Expr:
 
 
 def _subsume_node(e: ir.Expr) -> ir.Expr:
-    if isinstance(e, (ir.Rows, ir.Cols, ir.Global, ir.Slash)):
-        return _reduce_items(e)
-    if isinstance(e, ir.Union):
+    t = type(e)
+    if t is ir.Union:
         terms = _reduce(e.terms, subset)
+    elif t is ir.Rows or t is ir.Cols or t is ir.Global or t is ir.Slash:
+        return _reduce_items(e)
     elif isinstance(e, ir.Intersect):
         terms = _reduce(e.terms, lambda t, k: subset(k, t))
     elif isinstance(e, ir.Difference):
