@@ -40,12 +40,18 @@ def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
     node = e
     t = type(e)
     if t is ir.Union or t is ir.Intersect:
-        old = e.terms
-        terms = tuple([c if type(c) in keep else _bottom_up(c, rule, memo, keep) for c in old])
-        for a, b in zip(terms, old):
-            if a is not b:
-                node = t(terms, span=e.span)  # what replace() builds, without its overhead
-                break
+        terms = []
+        changed = False
+        for c in e.terms:
+            if type(c) not in keep:
+                h = memo.get(id(c))
+                out = h[1] if h is not None else _bottom_up(c, rule, memo, keep)
+                if out is not c:
+                    changed = True
+                    c = out
+            terms.append(c)
+        if changed:
+            node = t(tuple(terms), span=e.span)  # what replace() builds, minus its overhead
     elif t is ir.Difference:
         left = e.left if type(e.left) in keep else _bottom_up(e.left, rule, memo, keep)
         right = e.right if type(e.right) in keep else _bottom_up(e.right, rule, memo, keep)

@@ -269,6 +269,14 @@ def _key_positions(e: ir.Expr):
     return None
 
 
+@memo_by_node
+def _describe(e: ir.Expr):
+    """``(_offsets(e), _key_positions(e), _is_diagonal(e))``: one look-up per primitive for
+    what the oracle asks about it first."""
+    offs = _offsets(e)
+    return offs, _key_positions(e), offs is not None and _is_diagonal(e)
+
+
 # ---------------------------------------------------------------------------
 # The oracle
 # ---------------------------------------------------------------------------
@@ -281,8 +289,8 @@ _OPERATORS = frozenset({ir.Union, ir.Intersect, ir.Difference})
 
 def subset(a: ir.Expr, b: ir.Expr) -> bool:
     """True only if every (q, k) that ``a`` allows, ``b`` allows, for every n."""
-    if type(a) not in _OPERATORS and type(b) not in _OPERATORS:
-        return _subset(a, b)  # two primitives: cheaper to answer than to look up
+    if type(a) not in _OPERATORS:
+        return _subset(a, b)  # a primitive: cheaper to answer than to look up
     # Remembered per pair of node objects: a chain's terms are compared pairwise, a
     # difference asks about its left terms again, and the next round of the pipeline asks
     # about the same term objects in their sorted order.
@@ -329,15 +337,14 @@ def _subset(a: ir.Expr, b: ir.Expr) -> bool:
 
 
 def _primitive_subset(a: ir.Expr, b: ir.Expr) -> bool:
-    a_offs, b_offs = _offsets(a), _offsets(b)
+    a_offs, a_keys, a_diagonal = _describe(a)
+    b_offs, b_keys, _ = _describe(b)
     if a_offs is not None and b_offs is not None:
         return _aps_subset(a_offs, b_offs)
-    if a_offs is not None and _is_diagonal(a) and _has_diagonal(b):
+    if a_offs is not None and a_diagonal and _has_diagonal(b):
         return True
 
-    a_keys = _key_positions(a)
     if a_keys is not None:
-        b_keys = _key_positions(b)
         if b_keys is None and isinstance(b, ir.Global):
             b_keys = _index_desc(b.index)
         return b_keys is not None and _position_subset(a_keys, b_keys)
