@@ -25,7 +25,7 @@ from math import gcd
 import torch
 
 from .. import ir
-from .arith import cdiv, crt, fdiv, floor_sum, lcm
+from .arith import cdiv, crt, fdiv, floor_sum, lcm, pick
 from .context import GROUP_TYPES, Context, cap
 from .indexsets import resolve_index, resolve_offsets, signed_disjoint
 
@@ -247,7 +247,7 @@ def count_basic(qa, qb, ka, kb, dlo, dhi, P) -> torch.Tensor:
     QR, QM, M, g, dmg, u, C1, kr, km, dr = (P[x] for x in ("QR", "QM", "M", "g", "dmg", "u", "C1", "kr",
                                                             "km", "dr"))
     Q0 = qa + torch.remainder(QR - qa, QM)
-    J = torch.where(Q0 < qb, fdiv(qb - 1 - Q0, QM) + 1, torch.zeros_like(Q0))
+    J = pick(Q0 < qb, fdiv(qb - 1 - Q0, QM) + 1, 0)
     t = torch.remainder(fdiv(Q0 - dr - kr, g), dmg)
     C0 = torch.remainder(kr + km * torch.remainder(u * t, dmg), M)
     # L(q) = max(ka, q - dhi + 1) switches to the band at jL; R(q) = min(kb - 1, q - dlo)
@@ -262,20 +262,18 @@ def count_basic(qa, qb, ka, kb, dlo, dhi, P) -> torch.Tensor:
         x, y = cuts[p], cuts[p + 1]
         aL = x >= jL   # in this piece, L follows the band
         aR = x < jR    # in this piece, R follows the band
-        one = torch.ones_like(x)
-        zero = torch.zeros_like(x)
-        sL = torch.where(aL, one, zero)
-        sR = torch.where(aR, one, zero)
+        sL = aL.to(torch.int64)
+        sR = aR.to(torch.int64)
         # R - L + 1 = A*j + B over the piece; keep where >= 0
-        Lc = torch.where(aL, Q0 - dhi + 1, ka)
-        Rc = torch.where(aR, Q0 - dlo, kb - 1)
+        Lc = pick(aL, Q0 - dhi + 1, ka)
+        Rc = pick(aR, Q0 - dlo, kb - 1)
         A = (sR - sL) * QM
         B = Rc - Lc + 1
-        x2 = torch.where(A > 0, torch.maximum(x, cdiv(-B, torch.where(A > 0, A, one))), x)
-        y2 = torch.where(A < 0, torch.minimum(y, fdiv(B, torch.where(A < 0, -A, one)) + 1), y)
+        x2 = pick(A > 0, torch.maximum(x, cdiv(-B, torch.clamp(A, min=1))), x)
+        y2 = pick(A < 0, torch.minimum(y, fdiv(B, torch.clamp(-A, min=1)) + 1), y)
         ok = (A != 0) | (B >= 0)
-        cnt = torch.where(ok, torch.clamp(y2 - x2, min=0), zero)
-        x2 = torch.where(ok, x2, zero)
+        cnt = pick(ok, torch.clamp(y2 - x2, min=0), 0)
+        x2 = pick(ok, x2, 0)
         # sum_j floor((R_j - C0 - C1 j)/M) - floor((L_j - 1 - C0 - C1 j)/M)
         aRs = sR * QM - C1
         bRs = Rc - C0 + aRs * x2
@@ -288,7 +286,7 @@ def count_basic(qa, qb, ka, kb, dlo, dhi, P) -> torch.Tensor:
 def count_band(qa, qb, ka, kb, dlo, dhi, QM, QR) -> torch.Tensor:
     """`count_basic` without key congruences (M = 1): per piece an arithmetic series."""
     Q0 = qa + torch.remainder(QR - qa, QM)
-    J = torch.where(Q0 < qb, fdiv(qb - 1 - Q0, QM) + 1, torch.zeros_like(Q0))
+    J = pick(Q0 < qb, fdiv(qb - 1 - Q0, QM) + 1, 0)
     # Rectangles the band does not cut (every q - k inside it): rows x keys.
     inside = (qa - kb + 1 >= dlo) & (qb - 1 - ka < dhi)
     if bool(inside.all()):
@@ -302,16 +300,15 @@ def count_band(qa, qb, ka, kb, dlo, dhi, QM, QR) -> torch.Tensor:
     jR = torch.minimum(torch.clamp(fdiv(kb - 1 + dlo - Q0, QM) + 1, min=0), J)
     cuts = [torch.zeros_like(J), torch.minimum(jL, jR), torch.maximum(jL, jR), J]
     total = torch.zeros_like(J)
-    one = torch.ones_like(J)
     for p in range(3):
         x, y = cuts[p], cuts[p + 1]
         aL = x >= jL
         aR = x < jR
         A = (aR.to(torch.int64) - aL.to(torch.int64)) * QM
-        B = torch.where(aR, Q0 - dlo, kb - 1) - torch.where(aL, Q0 - dhi + 1, ka) + 1
-        x2 = torch.where(A > 0, torch.maximum(x, cdiv(-B, torch.where(A > 0, A, one))), x)
-        y2 = torch.where(A < 0, torch.minimum(y, fdiv(B, torch.where(A < 0, -A, one)) + 1), y)
-        cnt = torch.where((A != 0) | (B >= 0), torch.clamp(y2 - x2, min=0), torch.zeros_like(x))
+        B = pick(aR, Q0 - dlo, kb - 1) - pick(aL, Q0 - dhi + 1, ka) + 1
+        x2 = pick(A > 0, torch.maximum(x, cdiv(-B, torch.clamp(A, min=1))), x)
+        y2 = pick(A < 0, torch.minimum(y, fdiv(B, torch.clamp(-A, min=1)) + 1), y)
+        cnt = pick((A != 0) | (B >= 0), torch.clamp(y2 - x2, min=0), 0)
         # sum over j in [x2, x2 + cnt) of A*j + B
         total = total + cnt * B + A * (cnt * x2 + cnt * (cnt - 1) // 2)
     return total
@@ -391,9 +388,9 @@ def _split_groups(groups, qa, qb, ka, kb, rid, ctx: Context):
     idx = torch.repeat_interleave(torch.arange(qa.numel(), dtype=torch.int64), npieces)
     off = torch.arange(idx.numel(), dtype=torch.int64) - torch.repeat_interleave(
         torch.cumsum(npieces, 0) - npieces, npieces)
-    pstart = torch.where(off == 0, qa[idx], bounds[torch.clamp(first[idx] + off - 1, max=bounds.numel() - 1)])
+    pstart = pick(off == 0, qa[idx], bounds[torch.clamp(first[idx] + off - 1, max=bounds.numel() - 1)])
     pend_b = bounds[torch.clamp(first[idx] + off, max=bounds.numel() - 1)]
-    pend = torch.where(off == npieces[idx] - 1, qb[idx], pend_b)
+    pend = pick(off == npieces[idx] - 1, qb[idx], pend_b)
     pka, pkb, prid = ka[idx], kb[idx], rid[idx]
     # alternatives: product of the groups' runs
     nalt = torch.ones_like(pstart)

@@ -26,7 +26,8 @@ class _DocKey:
     def __init__(self, doc: torch.Tensor):
         from .tables import document_runs
         self.doc = doc
-        starts, _, ids = document_runs(doc)
+        self.doc_runs = document_runs(doc)
+        starts, _, ids = self.doc_runs
         self.runs = (starts, ids)
         self._hash = hash((doc.numel(), starts.numpy().tobytes(), ids.numpy().tobytes()))
 
@@ -98,7 +99,8 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
 @lru_cache(maxsize=256)
 @single_threaded
 def _cached(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, doc_key) -> Plan:
-    ctx = Context(n, doc_key.doc if doc_key is not None else None)
+    ctx = Context(n, doc_key.doc if doc_key is not None else None,
+                  doc_runs=doc_key.doc_runs if doc_key is not None else None)
     parts = []
     plain = None
     for kind, pred in disjoint_parts(expr, n):
@@ -107,7 +109,7 @@ def _cached(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, doc_key) -
         bm, bn = block_m or bm, block_n or bn
         qv, kv = kind.views(q_offset, q_offset + nq, n, bm, bn)
         g = Geom.make(kind, qv, kv, n)
-        hull, core = tile_spaces(pred, g, ctx)
+        hull, core = tile_spaces(pred, g, ctx, clip=False)
         lo, hi, full = tile_runs(hull, core, g)
         if kind == IDENTITY:
             plain = (bm, bn)

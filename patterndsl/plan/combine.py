@@ -113,12 +113,16 @@ def spaces_of(e: ir.Expr, g: Geom, ctx: Context):
     return primitive(e, g, ctx)
 
 
-def tile_spaces(e: ir.Expr, g: Geom, ctx: Context):
-    """Spaces clipped to the key class and emptied for query tiles without valid rows."""
+def tile_spaces(e: ir.Expr, g: Geom, ctx: Context, clip: bool = True):
+    """Spaces clipped to the key class and emptied for query tiles without valid rows
+    (``clip=False`` leaves both to the caller: `runs.tile_runs` does them elementwise)."""
     hull, core = spaces_of(e, g, ctx)
+    if not clip:
+        return hull, core
     zero = g.kcount * 0
     hull = iv.clip(hull, zero, g.kcount)
     core = iv.clip(core, zero, g.kcount)
-    hull = iv.choose(g.valid, hull, iv.empty(g.T))
-    core = iv.choose(g.valid, core, iv.empty(g.T))
+    if not bool(g.valid.all()):
+        hull = iv.choose(g.valid, hull, iv.empty(g.T))
+        core = iv.choose(g.valid, core, iv.empty(g.T))
     return hull, core

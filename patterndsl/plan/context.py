@@ -21,9 +21,11 @@ class Context:
     """Per-(n, doc_ids) tables, built lazily and cached. Read by `predicate.evaluate`,
     the atom counts and the per-tile key spaces."""
 
-    def __init__(self, n: int, doc_ids: torch.Tensor | None = None, *, inner: bool = False):
+    def __init__(self, n: int, doc_ids: torch.Tensor | None = None, *, inner: bool = False,
+                 doc_runs=None):
         self.n = n
         self.doc_ids = doc_ids
+        self._doc_runs = doc_runs
         self.inner_level = inner
         self._random: dict = {}
         self._groups: dict = {}
@@ -80,7 +82,7 @@ class Context:
             t = self.random_table(node)
             g = tables.random_group(node.count, cap(node.block, n), node.seed, node.causal, n, t)
         elif isinstance(node, ir.Document):
-            g = tables.document_group(self.require_doc_ids())
+            g = tables.document_group(self.require_doc_ids(), self._doc_runs)
         elif isinstance(node, ir.Blockwise):
             from .blockwise import blockwise_group
             g = blockwise_group(node, self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .arith import INF
+from .arith import INF, pick
 
 Iv = tuple  # (lo [T, K], hi [T, K])
 
@@ -45,14 +45,14 @@ def choose(cond: torch.Tensor, a: Iv, b: Iv) -> Iv:
     K = max(a[0].shape[1], b[0].shape[1])
     a, b = pad(a, K), pad(b, K)
     c = cond.unsqueeze(1)
-    return torch.where(c, a[0], b[0]), torch.where(c, a[1], b[1])
+    return pick(c, a[0], b[0]), pick(c, a[1], b[1])
 
 
 def single(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     lo = torch.clamp(lo.reshape(-1, 1), -INF, INF)
     hi = torch.clamp(hi.reshape(-1, 1), -INF, INF)
     bad = hi <= lo
-    return lo.masked_fill(bad, INF), hi.masked_fill(bad, INF)
+    return pick(bad, INF, lo), pick(bad, INF, hi)
 
 
 def compact(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
@@ -62,7 +62,7 @@ def compact(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     hi = torch.clamp(hi, -INF, INF)
     bad = hi <= lo
     if K == 1:
-        return lo.masked_fill(bad, INF), hi.masked_fill(bad, INF)
+        return pick(bad, INF, lo), pick(bad, INF, hi)
     good = ~bad
     counts = good.sum(1)
     K2 = int(counts.max()) if T else 0
@@ -71,7 +71,7 @@ def compact(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     if K2 == K and bool(good[:, :K2].all()):
         return lo, hi
     slot = torch.cumsum(good, 1) - 1
-    slot = torch.where(good, slot, torch.full_like(slot, K2))   # dump column
+    slot = pick(good, slot, K2)   # dump column
     nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
     nhi = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, hi)
     return nlo[:, :K2], nhi[:, :K2]
@@ -83,7 +83,7 @@ def norm(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     if K <= 1:
         return compact(lo, hi) if K else empty(T)
     bad = hi <= lo
-    order = torch.argsort(lo.masked_fill(bad, INF + 1), dim=1)
+    order = torch.argsort(pick(bad, INF + 1, lo), dim=1)
     return merge_sorted(torch.gather(lo, 1, order), torch.gather(hi, 1, order))
 
 
@@ -96,7 +96,7 @@ def merge_sorted(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     lo = torch.clamp(lo, -INF, INF)
     hi = torch.clamp(hi, -INF, INF)
     real = hi > lo
-    h = hi.masked_fill(~real, -INF - 1)
+    h = pick(real, hi, -INF - 1)
     reach = torch.cummax(h, dim=1).values
     prev = torch.cat([torch.full((T, 1), -INF - 1, dtype=torch.int64), reach[:, :-1]], 1)
     start = real & (lo > prev)
@@ -104,12 +104,12 @@ def merge_sorted(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     K2 = int(start.sum(1).max()) if T else 0
     if K2 == 0:
         return empty(T)
-    slot = torch.where(start, gid, torch.full_like(gid, K2))
-    mslot = torch.where(real, gid, torch.full_like(gid, K2))
+    slot = pick(start, gid, K2)
+    mslot = pick(real, gid, K2)
     nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
     nhi = torch.full((T, K2 + 1), -INF, dtype=torch.int64).scatter_reduce(1, mslot, h, reduce="amax")
     nlo, nhi = nlo[:, :K2], nhi[:, :K2]
-    return nlo, torch.where(nlo < INF, nhi, torch.full_like(nhi, INF))
+    return nlo, pick(nlo < INF, nhi, INF)
 
 
 def interleave(a: Iv, b: Iv, extra=None):
@@ -121,8 +121,8 @@ def interleave(a: Iv, b: Iv, extra=None):
     K = Ka + Kb
     ra = torch.arange(Ka) + torch.searchsorted(b[0].contiguous(), a[0].contiguous(), right=False)
     rb = torch.arange(Kb) + torch.searchsorted(a[0].contiguous(), b[0].contiguous(), right=True)
-    ra = torch.where(a[0] < INF, ra, torch.full_like(ra, K))
-    rb = torch.where(b[0] < INF, rb, torch.full_like(rb, K))
+    ra = pick(a[0] < INF, ra, K)
+    rb = pick(b[0] < INF, rb, K)
 
     def put(x, y, fill):
         out = torch.full((T, K + 1), fill, dtype=x.dtype)
@@ -146,14 +146,14 @@ def union(a: Iv, b: Iv) -> Iv:
 
 def _union11(a: Iv, b: Iv) -> Iv:
     first = a[0] <= b[0]
-    x_lo = torch.where(first, a[0], b[0])
-    x_hi = torch.where(first, a[1], b[1])
-    y_lo = torch.where(first, b[0], a[0])
-    y_hi = torch.where(first, b[1], a[1])
+    x_lo = torch.minimum(a[0], b[0])
+    x_hi = pick(first, a[1], b[1])
+    y_lo = torch.maximum(a[0], b[0])
+    y_hi = pick(first, b[1], a[1])
     touch = (y_lo <= x_hi) & (y_lo < INF)
-    x_hi = torch.where(touch, torch.maximum(x_hi, y_hi), x_hi)
-    y_lo = y_lo.masked_fill(touch, INF)
-    y_hi = y_hi.masked_fill(touch, INF)
+    x_hi = pick(touch, torch.maximum(x_hi, y_hi), x_hi)
+    y_lo = pick(touch, INF, y_lo)
+    y_hi = pick(touch, INF, y_hi)
     if not bool((y_lo < INF).any()):
         return x_lo, x_hi
     return torch.cat([x_lo, y_lo], 1), torch.cat([x_hi, y_hi], 1)

@@ -95,7 +95,7 @@ def build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, b
     dense = torch.zeros((Tq, Tk), dtype=torch.int8)
     if Tq == 0 or Tk == 0:
         return Layout(dense, bm, bn, nq, n, q_offset)
-    hull, core = tile_spaces(expr, g, ctx)
+    hull, core = tile_spaces(expr, g, ctx, clip=False)
     lo, hi, full = tile_runs(hull, core, g)
     lo, hi = lo.long(), hi.long()
     # full runs: a difference array along each row, then a running sum

@@ -84,7 +84,7 @@ class Part:
         exactly the forward tiles."""
         n = self.context.n
         g = Geom.make(transpose_kind(self.view), self.k_view, self.q_view, n)
-        hull, core = tile_spaces(transpose_expr(self.predicate, n), g, self.context)
+        hull, core = tile_spaces(transpose_expr(self.predicate, n), g, self.context, clip=False)
         lo, hi, full = tile_runs(hull, core, g)
         return TransposedRuns(lo, hi, full)
 

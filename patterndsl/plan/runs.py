@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .arith import INF, cdiv, fdiv
+from .arith import INF, cdiv, fdiv, pick
 from . import intervals as iv
 from .views import Geom
 
@@ -18,14 +18,20 @@ def tile_runs(hull, core, g: Geom):
     bn = g.kv.block
     ct = g.kv.class_tiles
     T = g.T
-    # outward rounding keeps the order (touching tiles merge); inward rounding only shrinks
-    real = hull[0] < INF
-    h = iv.merge_sorted(torch.where(real, fdiv(hull[0], bn), hull[0]),
-                        torch.where(real, cdiv(hull[1], bn), hull[1]))
-    creal = core[0] < INF
+    # Clip to the key class (and to tiles with rows); outward rounding keeps the order
+    # (touching tiles merge); inward rounding only shrinks.
+    rows = g.valid.unsqueeze(1)
+    kc = g.kcount.unsqueeze(1)
+    hlo = torch.clamp(hull[0], min=0)
+    hhi = torch.minimum(hull[1], kc)
+    real = (hlo < hhi) & rows
+    h = iv.merge_sorted(pick(real, fdiv(hlo, bn), INF), pick(real, cdiv(hhi, bn), INF))
+    clo = torch.clamp(core[0], min=0)
+    chi = torch.minimum(core[1], kc)
+    creal = (clo < chi) & rows
     # the class's last tile may be short: it is full when the core reaches the class end
-    chi = torch.where(core[1] >= g.kcount.unsqueeze(1), torch.full_like(core[1], ct * bn), core[1])
-    f = iv.compact(torch.where(creal, cdiv(core[0], bn), core[0]), torch.where(creal, fdiv(chi, bn), core[1]))
+    chi = pick(chi >= kc, ct * bn, chi)
+    f = iv.compact(pick(creal, cdiv(clo, bn), INF), pick(creal, fdiv(chi, bn), INF))
     # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
     # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
     # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
@@ -37,8 +43,8 @@ def tile_runs(hull, core, g: Geom):
     KH, KF = hp.shape[1], fp.shape[1]
     rh = torch.arange(KH) + torch.searchsorted(fp, hp, right=False)
     rf = torch.arange(KF) + torch.searchsorted(hp, fp, right=True)
-    th = torch.tensor([1, -1], dtype=torch.int64).repeat(KH // 2).expand(T, KH).masked_fill(hp >= INF, 0)
-    tf = torch.tensor([2, -2], dtype=torch.int64).repeat(KF // 2).expand(T, KF).masked_fill(fp >= INF, 0)
+    th = torch.tensor([1, -1], dtype=torch.int64).repeat(KH // 2) * (hp < INF)
+    tf = torch.tensor([2, -2], dtype=torch.int64).repeat(KF // 2) * (fp < INF)
     pts = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, hp).scatter_(1, rf, fp)
     tag = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, th).scatter_(1, rf, tf)
     level = torch.cumsum(tag, 1)[:, :-1]
@@ -47,13 +53,13 @@ def tile_runs(hull, core, g: Geom):
     # left-align the runs, carrying their kind
     slot = torch.cumsum(run, 1) - 1
     S = int(run.sum(1).max()) if T and run.numel() else 0
-    slot = torch.where(run, slot, torch.full_like(slot, S))
+    slot = pick(run, slot, S)
     lo = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, a)[:, :S]
     hi = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, b)[:, :S]
     full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)[:, :S]
     used = hi > lo
     full = full & used
     base = (g.kclass * ct).unsqueeze(1)
-    lo = torch.where(used, lo + base, torch.zeros_like(lo))
-    hi = torch.where(used, hi + base, torch.zeros_like(hi))
+    lo = pick(used, lo + base, 0)
+    hi = pick(used, hi + base, 0)
     return lo.to(torch.int32), hi.to(torch.int32), full

@@ -18,7 +18,7 @@ from math import gcd
 import torch
 
 from .. import ir
-from .arith import INF, cdiv, fdiv
+from .arith import INF, cdiv, fdiv, pick
 from .context import GROUP_TYPES, Context, cap
 from .indexsets import resolve_index, resolve_offsets
 from . import intervals as iv
@@ -59,7 +59,7 @@ def q_rows(g: Geom, x: int, y: int, m: int = 1):
         lo = torch.maximum(g.qmin, torch.full_like(g.qmin, x))
         hi = torch.minimum(g.qmax, torch.full_like(g.qmax, y - 1))
         members = torch.clamp(fdiv(hi - x, m) - cdiv(lo - x, m) + 1, min=0)
-        members = torch.where(hi >= lo, members, torch.zeros_like(members))
+        members = pick(hi >= lo, members, 0)
         return all_iv & one & (members > 0), none_iv | (members == 0)
     hit1 = (g.qmin - x) % m == 0
     return all_iv & one & hit1, none_iv | (one & ~hit1)
@@ -151,8 +151,8 @@ def group(g: Geom, grp) -> tuple:
     """A block / document / random / blockwise group: the runs of the segments the tile's
     rows fall in (exact when they all fall in one segment)."""
     T = g.T
-    qmin = torch.where(g.valid, g.qmin, torch.zeros_like(g.qmin))
-    qmax = torch.where(g.valid, g.qmax, torch.zeros_like(g.qmax))
+    qmin = pick(g.valid, g.qmin, 0)
+    qmax = pick(g.valid, g.qmax, 0)
     s0 = grp.segment_of(qmin)
     s1 = grp.segment_of(qmax)
     same = s0 == s1
@@ -161,7 +161,7 @@ def group(g: Geom, grp) -> tuple:
         return _both(iv.empty(T))
     lo, hi = grp.runs_of(s0, R)
     b0, b1 = _kconv(g, lo, hi)
-    b1 = torch.where(hi > lo, b1, b0)
+    b1 = pick(hi > lo, b1, b0)
     exact = iv.merge_sorted(b0, b1)   # a segment's runs are stored in position order
     if bool(same.all()):
         return exact, exact
@@ -172,15 +172,15 @@ def group(g: Geom, grp) -> tuple:
         segs = torch.clamp(segs, max=grp.num_segments - 1)
         lo, hi = grp.runs_of(segs, R)                      # [T, span, R]
         keep = inside.unsqueeze(2) & (hi > lo)
-        lo = torch.where(keep, lo, torch.zeros_like(lo)).reshape(T, -1)
-        hi = torch.where(keep, hi, torch.zeros_like(hi)).reshape(T, -1)
+        lo = pick(keep, lo, 0).reshape(T, span * R)
+        hi = pick(keep, hi, 0).reshape(T, span * R)
         b0, b1 = _kconv(g, lo, hi)
-        b1 = torch.where(hi > lo, b1, b0)
+        b1 = pick(hi > lo, b1, b0)
         multi = iv.norm(b0, b1)
     else:
         lo, hi = grp.range_hull(s0, s1)
         b0, b1 = _kconv(g, lo, hi)
-        multi = iv.single(b0, torch.where(hi > lo, b1, b0))
+        multi = iv.single(b0, pick(hi > lo, b1, b0))
     return iv.choose(same, exact, multi), iv.choose(same, exact, iv.empty(T))
 
 
