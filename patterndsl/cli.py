@@ -547,7 +547,10 @@ def _add_compile(sub) -> argparse.ArgumentParser:
         "compile", help="write a self-contained Python module for a spec",
         description="Write one Python module (it imports only torch and triton) exposing\n"
                     "attention(q, k, v, ...), SPEC, mask(n) and plan(n).  Modules are cached\n"
-                    "under PSPARSE_CACHE_DIR; the same spec and options give the same bytes.",
+                    "under PSPARSE_CACHE_DIR; the same spec and options give the same bytes.\n"
+                    "The module picks its tiles per call from the inputs' head dim and dtype:\n"
+                    "the tile options are validated and key the cache, and today's modules\n"
+                    "are the same text for every value of them.",
         epilog="examples:\n"
                "  psparse compile \"causal & local(256)\" -o sliding.py\n"
                "  psparse compile examples/bigbird.psp -o bigbird.py --head-dim 64 --dtype bf16\n",
@@ -697,7 +700,8 @@ def _run_check(args, parser, out) -> int:
                                    (B, heads, nq, D)))
     mask = spec.mask(n, nq=nq, num_heads=heads if spec.has_heads else None,
                      layer=layer if spec.has_layers else None, doc_ids=doc)
-    ref = _dense_reference(torch, q, k, v, dout, mask)
+    # The float64 reference runs where the kernels do (n x n scores are slow on a CPU).
+    ref = _dense_reference(torch, *(t.to(device) for t in (q, k, v, dout, mask)))
 
     qd, kd, vd = (t.to(device).requires_grad_(True) for t in (q, k, v))
     got_out, got_lse = attn(qd, kd, vd, doc_ids=None if doc is None else doc.to(device),
@@ -705,7 +709,7 @@ def _run_check(args, parser, out) -> int:
     got_out.backward(dout.to(device))
     got = dict(out=got_out, lse=got_lse, dq=qd.grad, dk=kd.grad, dv=vd.grad)
 
-    out.write(f"check   {_one_line(spec.canonical())}\n"
+    out.write(f"check   {'; '.join(spec.canonical().splitlines())}\n"
               f"inputs  n = {n}" + (f", nq = {nq}" if nq < n else "") +
               f", batch {B}, heads {heads} (kv {kv_heads}), head_dim {D}, {dtype_name}" +
               (f", layer {layer}" if spec.has_layers else "") + f"; backend {backend}\n")
@@ -763,6 +767,7 @@ def _errors(torch, got, ref) -> tuple[float, float]:
     if got is None:
         return float("inf"), float("inf")
     got = got.detach().to("cpu", torch.float64)
+    ref = ref.detach().to("cpu", torch.float64)
     if got.shape != ref.shape:
         return float("inf"), float("inf")
     if bool(torch.isnan(got).any()):
