@@ -184,6 +184,42 @@ def test_a_writer_holding_the_lock_is_waited_for(tmp_path, cache):
     assert out.read_text() == marker
 
 
+@pytest.mark.parametrize("flock", [True, False])
+def test_file_lock_excludes_threads_and_processes(tmp_path, monkeypatch, flock):
+    """The lock keeps a second holder out until the first leaves, with flock and with the
+    exclusive-create fallback used where there is no fcntl."""
+    import threading
+    if not flock:
+        monkeypatch.setitem(sys.modules, "fcntl", None)
+    path = tmp_path / "x.lock"
+    events = []
+
+    def second():
+        with modcache.file_lock(path):
+            events.append("second in")
+
+    with modcache.file_lock(path):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.5)
+        events.append("first out")
+    t.join(10)
+    assert events == ["first out", "second in"]
+
+
+def test_fallback_lock_left_by_a_dead_process_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    path = tmp_path / "x.lock"
+    stale = tmp_path / "x.lock.excl"
+    stale.write_text("")
+    old = time.time() - 10 * modcache._STALE_LOCK_S
+    os.utime(stale, (old, old))
+    t0 = time.monotonic()
+    with modcache.file_lock(path):
+        assert stale.exists()
+    assert not stale.exists() and time.monotonic() - t0 < 5
+
+
 def test_cache_hit_does_not_render(tmp_path, capsys, renders):
     first = modcache.module_text(SPEC)
     assert len(renders) == 1
