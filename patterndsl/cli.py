@@ -38,6 +38,9 @@ examples:
   psparse show examples/mixed_heads.psp -n 512 --layer 3 --head 12 --png mask.png
   psparse dump "local(2) | local(5) | causal" --stage canonical
   echo "causal & local(4) | sink(2)" | psparse dump - --stage tree
+  psparse dump "causal & stride(128)" --stage plan -n 4096
+  psparse compile "causal & (sink(4) | local(1023))" -o streaming.py
+  psparse check "causal & (sink(4) | local(16))" -n 128
 
 exit status: 0 ok, 1 the spec is wrong or cannot be used as asked, 2 bad command line,
 70 internal error (a bug: please report it)
@@ -640,7 +643,6 @@ def _add_check(sub) -> argparse.ArgumentParser:
                    help="largest relative error accepted (default: 1e-5 for fp32, 1e-2 fp16, "
                         "5e-2 bf16)")
     _add_tile_options(p, dtype_default="fp32")
-    p.set_defaults(head_dim=None)
     return p
 
 
@@ -656,7 +658,6 @@ def _default_heads(spec) -> int:
 
 def _run_check(args, parser, out) -> int:
     import patterndsl
-    from .printer import to_text
 
     n = args.n or (len(args.doc_ids) if args.doc_ids is not None else CHECK_N)
     if args.doc_ids is not None and len(args.doc_ids) != n:
@@ -664,11 +665,9 @@ def _run_check(args, parser, out) -> int:
     nq = args.nq or n
     if nq > n:
         parser.error(f"--nq {nq} is more query rows than the {n} positions")
-    heads_given = args.heads
-    source = read_spec(args.spec)
-    spec = _parse(source)
+    spec = _parse(read_spec(args.spec))
     _static(spec)
-    heads = heads_given or _default_heads(spec)
+    heads = args.heads or _default_heads(spec)
     kv_heads = args.kv_heads or heads
     if heads % kv_heads:
         parser.error(f"--heads {heads} is not a multiple of --kv-heads {kv_heads}")
