@@ -120,6 +120,24 @@ def test_counts_and_layout_match_reference(case, bm, bn):
     assert torch.equal(plan.layout().to_dense(), tile_classes(mask, bm, bn))
 
 
+@st.composite
+def long_cases(draw):
+    e = draw(static_exprs(document=True))
+    n = draw(st.integers(512, 2048))
+    nq = draw(st.sampled_from([n, 1, n // 3]))
+    return e, n, nq, n - nq, _docs(draw, n)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(long_cases(), st.sampled_from([16, 48, 64, 128]), st.sampled_from([16, 64, 80, 128]))
+def test_counts_and_layout_match_reference_at_long_lengths(case, bm, bn):
+    e, n, nq, off, doc = case
+    mask = expr_mask(e, n, nq=nq, q_offset=off, doc_ids=doc)
+    plan = build_plan(e, n, nq=nq, doc_ids=doc if e.needs_doc_ids else None, block_m=bm, block_n=bn)
+    assert plan.allowed_pairs == int(mask.sum())
+    assert torch.equal(plan.layout().to_dense(), tile_classes(mask, bm, bn))
+
+
 @SETTINGS
 @given(cases(max_n=72), st.one_of(st.none(), tiles), st.one_of(st.none(), tiles))
 def test_parts_are_disjoint_cover_the_pattern_and_flag_full_tiles_truthfully(case, bm, bn):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .arith import fdiv
 from ..randomblocks import splitmix64, splitmix64_tensor
+from .arith import pick
 
 _MASK64 = (1 << 64) - 1
 
@@ -110,22 +110,17 @@ class Group:
     def segment_of(self, q: torch.Tensor) -> torch.Tensor:
         return torch.searchsorted(self.seg_starts, q, right=True) - 1
 
-    def seg_end(self) -> torch.Tensor:
-        return torch.cat([self.seg_starts[1:], torch.tensor([self.n], dtype=torch.int64)])
-
     def runs_of(self, seg: torch.Tensor, width: int | None = None):
         """``(lo, hi)`` of shape ``[*seg.shape, width]``: the runs of each segment, empty
         (``lo == hi == 0``) past its count."""
         width = self.max_runs if width is None else width
         j = self.ptr_lo[seg].unsqueeze(-1) + torch.arange(width, dtype=torch.int64)
         ok = j < self.ptr_hi[seg].unsqueeze(-1)
-        j = torch.where(ok, j, torch.zeros_like(j))
+        j = pick(ok, j, 0)
         if self.run_lo.numel() == 0:
             z = torch.zeros(j.shape, dtype=torch.int64)
             return z, z
-        lo = torch.where(ok, self.run_lo[j], torch.zeros_like(j))
-        hi = torch.where(ok, self.run_hi[j], torch.zeros_like(j))
-        return lo, hi
+        return pick(ok, self.run_lo[j], 0), pick(ok, self.run_hi[j], 0)
 
     def _sparse(self, which: str):
         """Sparse tables (range min of run starts / range max of run ends per segment)."""
@@ -258,8 +253,8 @@ def merge_runs(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     span = int(hi.max()) + 1
     order = torch.argsort(rows * span + lo)
     rows, lo, hi = rows[order], lo[order], hi[order]
-    # running maximum of hi within each row, to find where a new merged run starts
-    reach = hi.clone()
+    # running maximum of hi within each row (rows are sorted, so a key offset by the row
+    # keeps earlier rows below), to find where a new merged run starts
     key = rows * span + hi
     reach_key = torch.cummax(key, 0).values
     reach = reach_key - rows * span
@@ -274,5 +269,5 @@ def merge_runs(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     return g_rows, g_lo, g_hi
 
 
-__all__ = ["random_table", "Group", "block_group", "random_group", "document_group", "document_runs",
-           "runs_group", "merge_runs", "fdiv"]
+__all__ = ["random_table", "Group", "block_group", "random_group", "transposed_random_group",
+           "document_group", "document_runs", "runs_group", "merge_runs"]
