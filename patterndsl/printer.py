@@ -13,6 +13,8 @@ serialisation.  Two things make that exact:
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from decimal import Decimal
 import math
 
@@ -129,18 +131,38 @@ def _call(name: str, *args: str) -> str:
     return f"{name}({', '.join(args)})"
 
 
-# id(node) -> (node, text).  The sort pass keys every term by its text, and a chain's
-# text contains each of its terms' texts, so without this a deep term is printed again
-# for every chain it is a part of.  Holding the node keeps its id from being reused.
-# Bounded in entries and in the length of a remembered text, so that the texts of every
-# level of a huge nested expression are never all held at once.
+# id(node) -> (node, text), filled only inside remembering_texts().  The sort pass keys
+# every term by its text, and a chain's text contains each of its terms' texts, so without
+# this a deep term is printed again for every chain it is a part of.  Holding the node keeps
+# its id from being reused.  Bounded in entries and in the length of a remembered text, so
+# the texts of every level of a huge nested expression are never all held at once.
 _text_memo: dict = {}
 _TEXT_MEMO_LIMIT = 65536
 _TEXT_MEMO_WIDTH = 4096
+_remembering = 0  # how many remembering_texts() blocks are open
+_remember_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def remembering_texts():
+    """Remember each node's text while the block runs; forget them all when the last open
+    block ends (the canonicalize pipeline runs inside one)."""
+    global _remembering
+    with _remember_lock:
+        _remembering += 1
+    try:
+        yield
+    finally:
+        with _remember_lock:
+            _remembering -= 1
+            if not _remembering:
+                _text_memo.clear()
 
 
 def expr_text(e: ir.Expr) -> str:
     """Spec text of one pattern expression."""
+    if not _remembering:
+        return _expr_text(e)
     hit = _text_memo.get(id(e))
     if hit is not None and hit[0] is e:
         return hit[1]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import gc
 from dataclasses import replace
 
-from .. import ir
+from .. import ir, printer
+from ._walk import forget_nodes
 from .flatten import flatten
 from .identities import simplify_identities
 from .merge import merge
@@ -30,9 +31,18 @@ def canonicalize_expr(e: ir.Expr, memos: list[dict] | None = None) -> ir.Expr:
 
     ``memos`` (one dict per pass of :data:`PIPELINE`, see :func:`._walk.bottom_up`) lets
     several calls share the work on sub-patterns they have in common; :func:`canonicalize`
-    passes one set for all lines of a program."""
-    if memos is None:
-        memos = [{} for _ in PIPELINE]
+    passes one set for all lines of a program.  Without it, the call uses its own and
+    forgets every node it remembered when it returns."""
+    if memos is not None:
+        return _fixed_point(e, memos)
+    try:
+        with printer.remembering_texts():  # the sort keys print every term
+            return _fixed_point(e, [{} for _ in PIPELINE])
+    finally:
+        forget_nodes()
+
+
+def _fixed_point(e: ir.Expr, memos: list[dict]) -> ir.Expr:
     while True:
         out = e
         for p, memo in zip(PIPELINE, memos):
@@ -61,14 +71,15 @@ def canonicalize(program: ir.Program) -> ir.Program:
     """Every rule's expression canonicalised, and the rules in a fixed order: the default,
     then ``layers``, ``heads`` and ``layers heads`` lines, each by selector.  Retention and
     budget are kept as written (the order of score terms is part of their meaning)."""
-    # The passes allocate many short-lived nodes and hold no reference cycles; with the
-    # collector running, each collection rescans every live node of the program (and of
-    # the memos), which on a large spec cost as much as the passes themselves.
+    # The passes allocate many nodes and make no reference cycles; a collection in the
+    # middle would only rescan every live node of the program and of the memos.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _canonicalize(program)
+        with printer.remembering_texts():  # the sort keys print every term
+            return _canonicalize(program)
     finally:
+        forget_nodes()
         if was_enabled:
             gc.enable()
 
@@ -81,6 +92,6 @@ def _canonicalize(program: ir.Program) -> ir.Program:
         # Lines often hold the same let-bound object whole (``heads 0:4 = g``).
         hit = done.get(id(r.expr))
         if hit is None:
-            hit = done[id(r.expr)] = (r.expr, canonicalize_expr(r.expr, memos))
-        rules.append(replace(r, expr=hit[1]))
+            hit = done[id(r.expr)] = (r.expr, _fixed_point(r.expr, memos))
+        rules.append(ir.Rule(hit[1], r.layers, r.heads, span=r.span))
     return replace(program, rules=tuple(sorted(rules, key=_rule_key)))

@@ -71,10 +71,29 @@ def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
 LEAF_TYPES = frozenset(set(ir.PRIMITIVE_TYPES) - {ir.Blockwise}) | frozenset(ir.DYNAMIC_TYPES)
 
 
+#: Every memo keyed by node identity; :func:`forget_nodes` empties them all.
+_NODE_MEMOS: list[dict] = []
+
+
+def node_memo() -> dict:
+    """A new memo keyed by ``id(node)`` (entries hold their nodes, so ids stay unique) that
+    :func:`forget_nodes` empties."""
+    memo: dict = {}
+    _NODE_MEMOS.append(memo)
+    return memo
+
+
+def forget_nodes() -> None:
+    """Drop every remembered node: :func:`patterndsl.passes.canonicalize` calls this when it
+    is done, so nothing it looked at stays alive after it returns."""
+    for memo in _NODE_MEMOS:
+        memo.clear()
+
+
 def memo_by_node(fn):
     """Remember ``fn(node)`` per node object (bounded): callers ask about the same node
     many times, e.g. a sort key per comparison or a description per pair of terms."""
-    cache: dict = {}
+    cache = node_memo()
 
     def wrapper(node):
         hit = cache.get(id(node))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .. import ir
-from ._walk import LEAF_TYPES, _MEMO_LIMIT, bottom_up, memo_by_node, nary
+from ._walk import LEAF_TYPES, _MEMO_LIMIT, bottom_up, memo_by_node, nary, node_memo
 from .merge import index_item_key, offset_item_key
 from .sort import term_key
 
@@ -281,7 +281,7 @@ def _describe(e: ir.Expr):
 # The oracle
 # ---------------------------------------------------------------------------
 
-_subset_memo: dict = {}  # (id(a), id(b)) -> (a, b, answer)
+_subset_memo: dict = node_memo()  # (id(a), id(b)) -> (a, b, answer)
 
 
 _OPERATORS = frozenset({ir.Union, ir.Intersect, ir.Difference})
