@@ -83,6 +83,17 @@ def test_each_pass_equals_the_plain_traversal(e):
 
 
 @CHECK
+@given(exprs(max_leaves=8))
+def test_sorting_a_sorted_tree_returns_it(e):
+    # What sort_terms' idempotent=True relies on, checked with the plain traversal.
+    out = plain_bottom_up(e, sort._sort_node)
+    assert plain_bottom_up(out, sort._sort_node) is out
+    memo: dict = {}
+    assert sort.sort_terms(e, memo) == out
+    assert sort.sort_terms(sort.sort_terms(e, memo), memo) == out
+
+
+@CHECK
 @given(exprs(max_leaves=6))
 def test_shared_subtrees_give_the_plain_result(e):
     s = shared(e)

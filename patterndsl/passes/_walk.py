@@ -23,17 +23,20 @@ Rule = Callable[[ir.Expr], ir.Expr]
 
 
 def bottom_up(e: ir.Expr, rule: Rule, memo: dict | None = None,
-              keep: frozenset = frozenset()) -> ir.Expr:
+              keep: frozenset = frozenset(), idempotent: bool = False) -> ir.Expr:
     """``rule`` applied from the leaves of ``e`` up.  ``memo`` (id(node) -> (node, result))
     may be shared between calls that use the same ``rule``, e.g. over every line of a
     program; without one, reuse is limited to the objects shared inside ``e``.  ``keep``
-    names leaf types that ``rule`` always returns unchanged, so they are not visited."""
+    names leaf types that ``rule`` always returns unchanged, so they are not visited.
+    ``idempotent`` says that the pass hands back each result unchanged when given it
+    again, so results are remembered as their own results too."""
     if type(e) in keep:
         return e
-    return _bottom_up(e, rule, {} if memo is None else memo, keep)
+    return _bottom_up(e, rule, {} if memo is None else memo, keep, idempotent)
 
 
-def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
+def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset,
+               idempotent: bool = False) -> ir.Expr:
     hit = memo.get(id(e))
     if hit is not None:
         return hit[1]
@@ -45,7 +48,7 @@ def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
         for c in e.terms:
             if type(c) not in keep:
                 h = memo.get(id(c))
-                out = h[1] if h is not None else _bottom_up(c, rule, memo, keep)
+                out = h[1] if h is not None else _bottom_up(c, rule, memo, keep, idempotent)
                 if out is not c:
                     changed = True
                     c = out
@@ -53,17 +56,24 @@ def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
         if changed:
             node = t(tuple(terms), span=e.span)  # what replace() builds, minus its overhead
     elif t is ir.Difference:
-        left = e.left if type(e.left) in keep else _bottom_up(e.left, rule, memo, keep)
-        right = e.right if type(e.right) in keep else _bottom_up(e.right, rule, memo, keep)
+        left, right = e.left, e.right
+        if type(left) not in keep:
+            left = _bottom_up(left, rule, memo, keep, idempotent)
+        if type(right) not in keep:
+            right = _bottom_up(right, rule, memo, keep, idempotent)
         if left is not e.left or right is not e.right:
             node = ir.Difference(left, right, span=e.span)
     elif t is ir.Blockwise:
-        inner = e.expr if type(e.expr) in keep else _bottom_up(e.expr, rule, memo, keep)
+        inner = e.expr
+        if type(inner) not in keep:
+            inner = _bottom_up(inner, rule, memo, keep, idempotent)
         if inner is not e.expr:
             node = ir.Blockwise(e.block, inner, span=e.span)
     out = rule(node)
     # Holding ``e`` keeps its id from being reused by another object while the memo lives.
     memo[id(e)] = (e, out)
+    if idempotent and out is not e:
+        memo[id(out)] = (out, out)
     return out
 
 

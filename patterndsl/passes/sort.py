@@ -42,4 +42,7 @@ _KEEP = LEAF_TYPES
 
 
 def sort_terms(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
-    return bottom_up(e, _sort_node, memo, _KEEP)
+    # Idempotent: a sorted chain of sorted operands sorts to itself (the sort is stable and
+    # the keys depend on the operands alone), so the next round's sort of this round's
+    # output is already known.
+    return bottom_up(e, _sort_node, memo, _KEEP, idempotent=True)
