@@ -45,13 +45,20 @@ _REGISTRY: dict[str, "CompiledPattern"] = {}
 
 
 def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = None,
-            backend: str | None = None, **tile_options) -> "CompiledPattern":
+            backend: str | None = None, dynamic: bool = False, num_layers: int | None = None,
+            **tile_options) -> "CompiledPattern":
     """Compile ``spec`` (text or a :class:`~patterndsl.spec.Spec`) into a callable attention.
 
     ``head_dim``/``dtype``, when given, fix what calls must pass (and size the tiles);
     ``backend`` is ``"torch"``, ``"triton"`` or ``"interpret"`` (default: ``"triton"`` for
-    CUDA tensors, ``"torch"`` otherwise); ``block_m=``/``block_n=`` force the tile sizes."""
-    return CompiledPattern(spec, head_dim=head_dim, dtype=dtype, backend=backend, **tile_options)
+    CUDA tensors, ``"torch"`` otherwise); ``block_m=``/``block_n=`` force the tile sizes.
+
+    ``dynamic=True`` runs data-dependent terms (``vertical(topk=..)``, ``slash(topk=..)``,
+    ``blocks(..)``): each call chooses them from its ``q``/``k`` (:mod:`patterndsl.dynamic`)
+    and plans every (batch element, query head) separately, correct but not yet fast.
+    ``num_layers`` is what a ``pyramid`` budget over those terms needs beside ``layer=``."""
+    return CompiledPattern(spec, head_dim=head_dim, dtype=dtype, backend=backend,
+                           dynamic=dynamic, num_layers=num_layers, **tile_options)
 
 
 def _is_int(x) -> bool:
@@ -65,7 +72,8 @@ def _shape(t) -> str:
 class CompiledPattern:
     """A spec ready to run as attention.  See :func:`compile`."""
 
-    def __init__(self, spec, *, head_dim=None, dtype=None, backend=None, **tile_options):
+    def __init__(self, spec, *, head_dim=None, dtype=None, backend=None, dynamic=False,
+                 num_layers=None, **tile_options):
         if not isinstance(spec, Spec):
             spec = parse(spec)
         self.spec = spec
@@ -86,14 +94,23 @@ class CompiledPattern:
                                         f"{', '.join(TILE_OPTIONS)}")
             if value is not None and (not _is_int(value) or value < 16 or value & (value - 1)):
                 raise PsparseUsageError(f"{name}={value!r}: expected a power of two >= 16")
-        if spec.canonical_ir.rules and all(r.expr.is_dynamic for r in spec.canonical_ir.rules):
+        if not isinstance(dynamic, bool):
+            raise PsparseUsageError(f"dynamic={dynamic!r}: expected True or False")
+        if num_layers is not None and (not _is_int(num_layers) or num_layers < 1):
+            raise PsparseUsageError(f"num_layers={num_layers!r}: expected an integer >= 1")
+        if not dynamic and spec.canonical_ir.rules and \
+                all(r.expr.is_dynamic for r in spec.canonical_ir.rules):
             raise PsparseUsageError(_DYNAMIC_MESSAGE)
+        self.dynamic = dynamic
+        self.num_layers = num_layers
         self.head_dim = head_dim
         self.dtype = dtype
         self.backend = backend
         self.tile_options = {k: v for k, v in tile_options.items() if v is not None}
-        text = repr((spec.canonical(), head_dim, str(dtype), backend,
-                     sorted(self.tile_options.items())))
+        key = (spec.canonical(), head_dim, str(dtype), backend, sorted(self.tile_options.items()))
+        if dynamic:  # only then: static patterns keep the digests they always had
+            key += ("dynamic", num_layers)
+        text = repr(key)
         self.key = hashlib.sha256(text.encode()).hexdigest()[:32]
         _REGISTRY.setdefault(self.key, self)
         self._groups_cache: dict = {}
@@ -326,7 +343,7 @@ class CompiledPattern:
                     raise PsparseUsageError(
                         f"no line of the spec covers {where}; add a default pattern or a line "
                         "that covers it")
-                if rule.expr.is_dynamic:
+                if rule.expr.is_dynamic and not self.dynamic:
                     raise PsparseUsageError(_DYNAMIC_MESSAGE + f" (head {h} uses one)")
                 by_rule.setdefault(id(rule), (rule.expr, []))[1].append(h)
             self._groups_cache[key] = list(by_rule.values())
@@ -352,9 +369,18 @@ class CompiledPattern:
         takes_dlse = "dlse" in inspect.signature(triton_backend.backward_part).parameters
         return fwd, bwd, takes_dlse
 
-    def _work(self, q, k, doc_ids, q_offset, layer):
+    def selection(self, q, k, *, scale=None, q_offset=None, layer: int = 0):
+        """What the data-dependent terms choose for this call: ``{term: Selection}``
+        (:func:`patterndsl.dynamic.select`)."""
+        from .dynamic import select
+        with torch.no_grad():
+            return select(self.spec, q, k, scale=scale, q_offset=q_offset, layer=layer,
+                          num_layers=self.num_layers)
+
+    def _work(self, q, k, doc_ids, q_offset, layer, scale=None):
         """Yield ``(plan, batch slice, head index tensor, kv index tensor, doc row)``: one item
-        per head group and document layout."""
+        per head group and document layout (per batch element and query head for lines with
+        data-dependent terms)."""
         from .plan import build_plan
         B, Hq, Nq, D = q.shape
         Hkv, Nk = k.shape[1], k.shape[2]
@@ -362,7 +388,13 @@ class CompiledPattern:
         opts = dict(self.tile_options)
         opts["head_dim"] = self.head_dim if self.head_dim is not None else D
         opts["dtype"] = self.dtype if self.dtype is not None else q.dtype
+        selections = None
         for expr, heads in self._head_groups(Hq, layer):
+            if expr.is_dynamic:
+                if selections is None:
+                    selections = self.selection(q, k, scale=scale, q_offset=q_offset, layer=layer)
+                yield from self._dynamic_work(expr, heads, selections, q, k, doc_ids, q_offset, opts)
+                continue
             hq = torch.tensor(heads, dtype=torch.int64)
             kv_of = hq // g
             kv_set = sorted(set(kv_of.tolist()))
@@ -383,6 +415,23 @@ class CompiledPattern:
             for bs, doc in splits:
                 plan = build_plan(expr, Nk, nq=Nq, q_offset=q_offset, doc_ids=doc, **opts)
                 yield plan, bs, hq, hk, doc
+
+    @staticmethod
+    def _dynamic_work(expr, heads, selections, q, k, doc_ids, q_offset, opts):
+        """One static plan per (batch element, query head): the line's dynamic terms replaced
+        by what that head chose (:func:`patterndsl.dynamic.substitute`)."""
+        from .dynamic import substitute
+        from .plan import build_plan
+        B, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
+        g = q.shape[1] // k.shape[1]
+        doc_all = None if doc_ids is None or not expr.needs_doc_ids else doc_ids.to("cpu", torch.int64)
+        for b in range(B):
+            doc = None if doc_all is None else (doc_all if doc_all.dim() == 1 else doc_all[b])
+            for h in heads:
+                static = substitute(expr, selections, b, h)
+                plan = build_plan(static, Nk, nq=Nq, q_offset=q_offset, doc_ids=doc, **opts)
+                yield (plan, slice(b, b + 1), torch.tensor([h], dtype=torch.int64),
+                       torch.tensor([h // g], dtype=torch.int64), doc)
 
     @staticmethod
     def _pick(t, bs, idx, full: int):
@@ -406,7 +455,7 @@ class CompiledPattern:
             return out.to(q.dtype), lse
         self._check_kv_lens(kv_lens, Nk)
         fwd, _, _ = self._backend(q)
-        for plan, bs, hq, hk, doc in self._work(q, k, doc_ids, q_offset, layer):
+        for plan, bs, hq, hk, doc in self._work(q, k, doc_ids, q_offset, layer, scale):
             qs, ks, vs = self._pick(q, bs, hq, Hq), self._pick(k, bs, hk, Hkv), self._pick(v, bs, hk, Hkv)
             kl = None if kv_lens is None else kv_lens[bs]
             dd = None if doc is None else doc.to(q.device)
@@ -431,7 +480,7 @@ class CompiledPattern:
                 raise PsparseUsageError("this backend cannot differentiate through the "
                                         "log-sum-exp; use backend='torch'")
             dlse = None
-        for plan, bs, hq, hk, doc in self._work(q, k, doc_ids, q_offset, layer):
+        for plan, bs, hq, hk, doc in self._work(q, k, doc_ids, q_offset, layer, scale):
             qs, ks, vs = self._pick(q, bs, hq, Hq), self._pick(k, bs, hk, Hkv), self._pick(v, bs, hk, Hkv)
             os_, ls, ds = self._pick(out, bs, hq, Hq), self._pick(lse, bs, hq, Hq), self._pick(dout, bs, hq, Hq)
             extra = {}
@@ -455,7 +504,9 @@ class CompiledPattern:
 
 
 _DYNAMIC_MESSAGE = ("data-dependent terms (vertical(topk=..), slash(topk=..), blocks(..)) are "
-                    "not yet supported by compiled attention; Spec.mask evaluates them")
+                    "not yet supported by compiled attention's kernels; compile(..., dynamic=True) "
+                    "runs them by planning each (batch element, head) separately, and Spec.mask "
+                    "evaluates them")
 
 
 def _merge(parts, q, v):
