@@ -264,8 +264,10 @@ class _Estimator:
                 p = torch.exp(self._logits(q_last, pos, c0, c1) - m) / s  # [B, G, L, c]
                 cols[:, :, c0:c1] = p.sum(dim=2)
                 off = pos - torch.arange(c0, c1, device=dev).view(1, -1)  # [L, c]
-                # Keys above a row have probability 0; the spare slot n takes them.
-                off = torch.where(off >= 0, off, n).expand(B, G, rows, c1 - c0)
+                if c1 > top - rows + 1:
+                    # Keys above a row have probability 0; the spare slot n takes them.
+                    off = torch.where(off >= 0, off, n)
+                off = off.expand(B, G, rows, c1 - c0)
                 diags.scatter_add_(2, off.reshape(B, G, -1), p.reshape(B, G, -1))
         self._attn[last] = (cols, diags[..., :n])
         return self._attn[last]
@@ -273,6 +275,8 @@ class _Estimator:
     def _logits(self, q_last, pos, c0, c1):
         kc = self.k[:, :, c0:c1, :].index_select(1, self.kv).float()     # [B, G, c, D]
         logits = torch.matmul(q_last, kc.transpose(-2, -1))              # [B, G, L, c]
+        if c1 - 1 <= self.offset + self.nq - pos.shape[0]:
+            return logits  # every key of the chunk is at or before the first row: no mask
         keys = torch.arange(c0, c1, device=logits.device).view(1, -1)
         return logits.masked_fill(keys > pos, float("-inf"))
 
