@@ -116,6 +116,14 @@ def spaces_of(e: ir.Expr, g: Geom, ctx: Context):
 def tile_spaces(e: ir.Expr, g: Geom, ctx: Context, clip: bool = True):
     """Spaces clipped to the key class and emptied for query tiles without valid rows
     (``clip=False`` leaves both to the caller: `runs.tile_runs` does them elementwise)."""
+    if not clip and isinstance(e, ir.Union) and diagonals(e, ctx.n) is None:
+        # The caller (tile_runs) merges after rounding anyway: at the top, a union only
+        # needs its terms' intervals in position order, not merged.
+        hull, core = spaces_of(e.terms[0], g, ctx)
+        for t in e.terms[1:]:
+            h2, c2 = spaces_of(t, g, ctx)
+            hull, core = iv.interleave(hull, h2), iv.interleave(core, c2)
+        return hull, core
     hull, core = spaces_of(e, g, ctx)
     if not clip:
         return hull, core

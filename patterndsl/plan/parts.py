@@ -185,7 +185,9 @@ def extent(e: ir.Expr, sk: int, n: int):
     if isinstance(e, ir.Local):
         return band(min(e.left, n) + min(e.right, n) + 1)
     if isinstance(e, ir.Dilated):
-        return band(2 * min(e.width * e.dilation, n) + 1)
+        return band(1 if e.dilation >= n else 2 * min(e.width * e.dilation, n) + 1)
+    if isinstance(e, ir.Stride) and e.step >= n:
+        return 1   # only the diagonal q == k
     if isinstance(e, ir.Slash):
         progs = resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1))
         if not progs:

@@ -14,7 +14,10 @@ from .views import Geom
 
 
 def tile_runs(hull, core, g: Geom):
-    """``(kv_lo, kv_hi, kv_full)``: int32, int32, bool ``[T, S]`` in k_view tile numbers."""
+    """``(kv_lo, kv_hi, kv_full)``: int32, int32, bool ``[T, S]`` in k_view tile numbers.
+
+    ``hull`` and ``core`` need only be sorted by start (they may overlap; empty entries
+    anywhere), unclipped: this clips, rounds and merges them."""
     bn = g.kv.block
     ct = g.kv.class_tiles
     T = g.T
@@ -31,7 +34,7 @@ def tile_runs(hull, core, g: Geom):
     creal = (clo < chi) & rows
     # the class's last tile may be short: it is full when the core reaches the class end
     chi = pick(chi >= kc, ct * bn, chi)
-    f = iv.compact(pick(creal, cdiv(clo, bn), INF), pick(creal, fdiv(chi, bn), INF))
+    f = iv.merge_sorted(pick(creal, cdiv(clo, bn), INF), pick(creal, fdiv(chi, bn), INF))
     # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
     # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
     # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
