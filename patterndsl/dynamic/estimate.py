@@ -220,8 +220,9 @@ class _Estimator:
         if isinstance(term, ir.TopBlocks):
             return self._blocks(term, topk, width)
         if isinstance(term, ir.TopVertical) and term.by != "attn":
-            kf = self.k.index_select(1, self.kv)
-            norms = torch.linalg.vector_norm(kf.float(), dim=-1)           # [B, G, n]
+            # Norms per KV head first: copying k per query head would double its memory.
+            norms = torch.linalg.vector_norm(self.k, dim=-1, dtype=torch.float32)
+            norms = norms.index_select(1, self.kv)                         # [B, G, n]
             scores = norms if term.by == "norm" else -norms
         else:
             cols, diags = self._attention_sums(term.last)
@@ -294,10 +295,12 @@ class _Estimator:
             empty = torch.zeros((B, G, nqb, 0), dtype=torch.int64, device=dev)
             return empty, torch.zeros((B, G, nqb), dtype=torch.int64, device=dev), b, first
         # Means over the rows present in each block; the counts are closed-form in the shapes.
-        qf = self.q.index_select(1, self.heads).float()
+        # Block sums over every query head, then the line's heads: the sums are small, a copy
+        # of q restricted to the heads would not be.
         qblock = torch.div(torch.arange(off, off + nq, device=dev), b, rounding_mode="floor") - first
-        q_mean = torch.zeros((B, G, nqb, D), dtype=torch.float32, device=dev)
-        q_mean.index_add_(2, qblock, qf)
+        q_mean = torch.zeros((B, self.q.shape[1], nqb, D), dtype=torch.float32, device=dev)
+        q_mean.index_add_(2, qblock, self.q.float())
+        q_mean = q_mean.index_select(1, self.heads)
         lo = torch.arange(first, first + nqb, device=dev) * b
         q_cnt = torch.minimum(lo + b, torch.tensor(off + nq, device=dev)) - torch.maximum(
             lo, torch.tensor(off, device=dev))
