@@ -45,7 +45,7 @@ _REGISTRY: dict[str, "CompiledPattern"] = {}
 
 
 def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = None,
-            backend: str | None = None, dynamic: bool = False, num_layers: int | None = None,
+            backend: str | None = None, dynamic: bool = True, num_layers: int | None = None,
             **tile_options) -> "CompiledPattern":
     """Compile ``spec`` (text or a :class:`~patterndsl.spec.Spec`) into a callable attention.
 
@@ -53,9 +53,10 @@ def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = No
     ``backend`` is ``"torch"``, ``"triton"`` or ``"interpret"`` (default: ``"triton"`` for
     CUDA tensors, ``"torch"`` otherwise); ``block_m=``/``block_n=`` force the tile sizes.
 
-    ``dynamic=True`` runs data-dependent terms (``vertical(topk=..)``, ``slash(topk=..)``,
-    ``blocks(..)``): each call chooses them from its ``q``/``k`` (:mod:`patterndsl.dynamic`)
-    and plans every (batch element, query head) separately, correct but not yet fast.
+    Data-dependent terms (``vertical(topk=..)``, ``slash(topk=..)``, ``blocks(..)``) are
+    chosen by each call from its ``q``/``k`` (:mod:`patterndsl.dynamic`), and every (batch
+    element, query head) is then planned separately: correct, not yet fast.  ``dynamic=False``
+    refuses such specs, for callers that must never plan per call.
     ``num_layers`` is what a ``pyramid`` budget over those terms needs beside ``layer=``."""
     return CompiledPattern(spec, head_dim=head_dim, dtype=dtype, backend=backend,
                            dynamic=dynamic, num_layers=num_layers, **tile_options)
@@ -72,7 +73,7 @@ def _shape(t) -> str:
 class CompiledPattern:
     """A spec ready to run as attention.  See :func:`compile`."""
 
-    def __init__(self, spec, *, head_dim=None, dtype=None, backend=None, dynamic=False,
+    def __init__(self, spec, *, head_dim=None, dtype=None, backend=None, dynamic=True,
                  num_layers=None, **tile_options):
         if not isinstance(spec, Spec):
             spec = parse(spec)
@@ -108,7 +109,7 @@ class CompiledPattern:
         self.backend = backend
         self.tile_options = {k: v for k, v in tile_options.items() if v is not None}
         key = (spec.canonical(), head_dim, str(dtype), backend, sorted(self.tile_options.items()))
-        if dynamic:  # only then: static patterns keep the digests they always had
+        if dynamic and spec.is_dynamic:  # the flag means nothing to a static pattern
             key += ("dynamic", num_layers)
         text = repr(key)
         self.key = hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -135,12 +136,17 @@ class CompiledPattern:
         opts.update(options)
         return build_plan(self.spec, n, head=head, layer=layer, **opts)
 
-    def __getattr__(self, name):
-        if name == "source":
-            src = _render_source(self)
-            if src is not None:
-                return src
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    @property
+    def source(self) -> str:
+        """The self-contained module this pattern compiles to (what ``psparse compile``
+        writes: it imports only torch and triton), from the module cache."""
+        from .modcache import module_text
+        opts = dict(self.tile_options)
+        if self.head_dim is not None:
+            opts["head_dim"] = self.head_dim
+        if self.dtype is not None:
+            opts["dtype"] = self.dtype
+        return module_text(self.spec, **opts)
 
     # -- FlexAttention -------------------------------------------------------------
     def to_mask_mod(self, n: int | None = None, *, nq: int | None = None,
@@ -160,7 +166,10 @@ class CompiledPattern:
         rules.sort(key=lambda r: -r.specificity)
         for r in rules:
             if r.expr.is_dynamic:
-                raise PsparseUsageError(_DYNAMIC_MESSAGE)
+                raise PsparseUsageError(
+                    "a mask_mod cannot hold data-dependent terms (vertical(topk=..), "
+                    "slash(topk=..), blocks(..)): they are chosen per call; use "
+                    "attn.selection(q, k) or attn.mask(n, q=q, k=k) instead")
         doc = None
         if doc_ids is not None:
             doc = torch.as_tensor(doc_ids).to(torch.int64)
@@ -503,10 +512,9 @@ class CompiledPattern:
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-_DYNAMIC_MESSAGE = ("data-dependent terms (vertical(topk=..), slash(topk=..), blocks(..)) are "
-                    "not yet supported by compiled attention's kernels; compile(..., dynamic=True) "
-                    "runs them by planning each (batch element, head) separately, and Spec.mask "
-                    "evaluates them")
+_DYNAMIC_MESSAGE = ("this pattern was compiled with dynamic=False, which refuses data-dependent "
+                    "terms (vertical(topk=..), slash(topk=..), blocks(..)); compile it with "
+                    "dynamic=True (the default) to choose them from each call's q and k")
 
 
 def _merge(parts, q, v):
@@ -602,22 +610,6 @@ def _depends_on_n(expr: ir.Expr) -> bool:
                 elif item < 0:
                     return True
     return False
-
-
-def _render_source(attn: CompiledPattern):
-    """The generated Triton module of each distinct static pattern of the spec (in line
-    order, one after the other), or None when the code generator is not installed."""
-    try:
-        from .codegen.render import kernel_source
-    except ImportError:
-        return None
-    texts, seen = [], set()
-    for rule in attn.spec.canonical_ir.rules:
-        if rule.expr.is_dynamic or rule.expr in seen:
-            continue
-        seen.add(rule.expr)
-        texts.append(kernel_source(ir.strip_spans(rule.expr))[1])
-    return "\n\n".join(texts) if texts else None
 
 
 # ---------------------------------------------------------------------------

@@ -332,10 +332,10 @@ def test_attention_mixed_static_and_dynamic_heads():
     assert rel(out, dense(q.double(), k.double(), v.double(), mask, 0.25)) < TOL
 
 
-def test_dynamic_needs_opting_in():
-    with pytest.raises(PsparseUsageError, match="dynamic=True"):
-        patterndsl.compile("causal & vertical(topk=4)")
+def test_dynamic_can_be_refused():
+    with pytest.raises(PsparseUsageError, match="dynamic=False"):
+        patterndsl.compile("causal & vertical(topk=4)", dynamic=False)
     with pytest.raises(PsparseUsageError, match="dynamic="):
         patterndsl.compile("causal & vertical(topk=4)", dynamic="yes")
-    # a static spec keeps the digest it had before dynamic= existed
+    # the flag does not change what a static spec is
     assert patterndsl.compile("causal").key == patterndsl.compile("causal", dynamic=False).key
