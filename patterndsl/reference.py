@@ -15,7 +15,6 @@ Readings where LANGUAGE.md leaves a choice (also in docs/ARCHITECTURE.md):
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ import torch
 from . import ir
 from .budgets import adaptive_split, layer_count, top_mask
 from .errors import PsparseUsageError
+from .args import checked_int
 from .randomblocks import random_blocks
 
 __all__ = ["program_mask", "expr_mask", "index_table", "offset_values"]
@@ -350,17 +350,6 @@ def _as_doc(doc_ids, n: int, device):
     return (d, True) if d.dim() == 2 else (d.unsqueeze(0), False)
 
 
-def _count(name: str, value, low: int):
-    """``value`` as a Python int >= ``low`` (numpy and torch integers accepted)."""
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise PsparseUsageError(f"{name} must be an integer, not {value!r}") from None
-    if value < low:
-        raise PsparseUsageError(f"{name} must be >= {low}, not {value}")
-    return value
-
-
 def _check_qk(q, k, n: int, nq: int | None):
     if q is None or k is None:
         raise PsparseUsageError("pass both q and k (or neither)")
@@ -401,26 +390,26 @@ def program_mask(program: ir.Program, n: int, *, nq: int | None = None, q_offset
     batch dimension when ``doc_ids`` is ``[batch, n]`` or ``q``/``k`` are given, in which
     case the result is ``[batch, Hq, nq, n]`` (``q [B, Hq, nq, D]``, ``k [B, Hkv, n, D]``).
     Row ``i`` is query position ``i + n - nq`` (bottom-right), or ``i + q_offset``."""
-    n = _count("n", n, 0)
+    n = checked_int("n", n, 0)
     if q is not None or k is not None:
         _check_qk(q, k, n, nq)
         nq = q.shape[2]
         if num_heads is not None and num_heads != q.shape[1]:
             raise PsparseUsageError(f"num_heads={num_heads} but q has {q.shape[1]} query heads")
         num_heads = q.shape[1]
-    nq = n if nq is None else _count("nq", nq, 0)
+    nq = n if nq is None else checked_int("nq", nq, 0)
     if nq > n:
         raise PsparseUsageError(f"nq={nq} query rows do not fit in n = {n} positions")
-    offset = n - nq if q_offset is None else _count("q_offset", q_offset, 0)
+    offset = n - nq if q_offset is None else checked_int("q_offset", q_offset, 0)
     if offset + nq > n:
         raise PsparseUsageError(
             f"q_offset={q_offset} puts query rows outside [0, n = {n}): need q_offset <= n - nq = {n - nq}")
     if num_heads is not None:
-        num_heads = _count("num_heads", num_heads, 1)
+        num_heads = checked_int("num_heads", num_heads, 1)
     if layer is not None:
-        layer = _count("layer", layer, 0)
+        layer = checked_int("layer", layer, 0)
     if num_layers is not None:
-        num_layers = _count("num_layers", num_layers, 1)
+        num_layers = checked_int("num_layers", num_layers, 1)
         if layer is not None and layer >= num_layers:
             raise PsparseUsageError(f"layer={layer} is outside num_layers={num_layers}")
 

@@ -24,7 +24,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from .. import ir
 from ..errors import PsparseUsageError
+from ..fileio import write_atomic
 from .emit import CAP, bind
 from .render import kernel_source
 
@@ -52,21 +52,6 @@ def cache_dir() -> Path:
     return Path(base) / "psparse"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".tmp-", suffix=".py")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _materialise(name: str, src: str) -> Path:
     """The file holding ``src`` in the cache; an entry with other content (corrupted,
     truncated, or written by another version) is rewritten, never trusted."""
@@ -77,10 +62,12 @@ def _materialise(name: str, src: str) -> Path:
     except (OSError, UnicodeDecodeError):
         ok = False
     if not ok:
-        _write_atomic(path, src)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, src.encode("utf-8"), 0o644)
     dump = os.environ.get("PSPARSE_DUMP_DIR")
     if dump:
-        _write_atomic(Path(dump) / path.name, src)
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(dump) / path.name, src.encode("utf-8"), 0o644)
     return path
 
 

@@ -21,7 +21,6 @@ the candidate count behave identically.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,7 @@ import torch
 from .. import ir
 from ..budgets import adaptive_split, layer_count, top_mask
 from ..errors import PsparseUsageError
+from ..args import checked_int
 
 __all__ = ["Selection", "select", "KEY_CHUNK"]
 
@@ -91,16 +91,6 @@ def _program(spec_or_expr, budget):
                             f"{type(spec_or_expr).__name__}")
 
 
-def _int(name, value, low):
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise PsparseUsageError(f"{name} must be an integer, not {value!r}") from None
-    if value < low:
-        raise PsparseUsageError(f"{name} must be >= {low}, not {value}")
-    return value
-
-
 def select(spec_or_expr, q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None,
            q_offset: int | None = None, layer: int | None = 0, num_layers: int | None = None,
            budget: ir.Budget | None = None) -> dict[ir.Expr, Selection]:
@@ -125,11 +115,11 @@ def select(spec_or_expr, q: torch.Tensor, k: torch.Tensor, *, scale: float | Non
         raise PsparseUsageError(f"the {Hq} query heads must be a multiple of the {Hkv} KV heads")
     if nq > n:
         raise PsparseUsageError(f"q holds {nq} rows but k only {n} positions")
-    offset = n - nq if q_offset is None else _int("q_offset", q_offset, 0)
+    offset = n - nq if q_offset is None else checked_int("q_offset", q_offset, 0)
     if offset + nq > n:
         raise PsparseUsageError(f"q_offset={offset} puts query rows outside [0, n = {n})")
     if layer is not None:
-        layer = _int("layer", layer, 0)
+        layer = checked_int("layer", layer, 0)
     scale = D ** -0.5 if scale is None else float(scale)
     g = Hq // Hkv
 
