@@ -1,0 +1,3 @@
+"""KV-cache retention (LANGUAGE.md "Retention"): ``auto`` derived from the pattern
+(``auto.py``), position policies (``policy.py``) and a cache that frees memory
+(``cache.py``, imports torch)."""

@@ -1,0 +1,246 @@
+"""A KV cache that frees memory: per layer and KV head it stores only the retained keys and
+values, with their original positions, and decodes over them.
+
+Storage per layer is ``k``/``v`` ``[batch, kv_heads, capacity, head_dim]`` and positions
+``[kv_heads, capacity]`` (position policies decide from positions alone, so every batch
+element keeps the same positions; each KV head keeps its own, shared by its query heads).
+When every KV head's policy has a bound the capacity is that bound, allocated once and
+never grown; otherwise it grows in chunks up to ``max_len``.
+
+Protocol: ``update(layer, k, v)`` appends a prefill chunk or one decode step and evicts what
+no query from ``n - 1`` on may attend; ``decode(layer, q)`` then attends the query at
+``n - 1`` over the retained keys, applying the pattern at their original positions.  Queries
+earlier than ``n - 1`` (a multi-row chunk) are not served from the cache: their keys may
+already be evicted, so the caller runs the sparse kernel on the chunk itself.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from .. import ir
+from ..errors import PsparseUsageError
+from ..plan.context import Context
+from ..plan.predicate import evaluate
+from .policy import head_policies
+
+__all__ = ["KVCache"]
+
+_CHUNK = 256
+
+
+def _program(spec) -> ir.Program:
+    if isinstance(spec, ir.Program):
+        return spec
+    if isinstance(spec, str):
+        from ..spec import parse
+        spec = parse(spec)
+    return spec.canonical_ir
+
+
+def _count(name, value, low):
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise PsparseUsageError(f"{name} must be an integer, not {value!r}") from None
+    if value < low:
+        raise PsparseUsageError(f"{name} must be >= {low}, not {value}")
+    return value
+
+
+class KVCache:
+    """Retained keys and values of every layer (see the module docstring).
+
+    ``bounded``: every KV head's policy has a bound, and storage was allocated at it;
+    ``capacity``: the slots per (layer, KV head) allocated now, the largest over layers;
+    ``length(layer)``: the logical length ``n`` (positions so far, evicted ones included)."""
+
+    def __init__(self, spec, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, *,
+                 num_heads: int | None = None, dtype=torch.float32, device="cpu",
+                 max_len: int | None = None, chunk: int = _CHUNK):
+        self.program = _program(spec)
+        self.num_layers = _count("num_layers", num_layers, 1)
+        self.batch = _count("batch", batch, 1)
+        self.num_kv_heads = _count("num_kv_heads", num_kv_heads, 1)
+        self.head_dim = _count("head_dim", head_dim, 1)
+        self.num_heads = self.num_kv_heads if num_heads is None else _count("num_heads", num_heads, 1)
+        self.max_len = None if max_len is None else _count("max_len", max_len, 1)
+        self.chunk = _count("chunk", chunk, 1)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.group = self.num_heads // self.num_kv_heads
+        self.policies = [head_policies(self.program, self.num_heads, self.num_kv_heads, layer)
+                         for layer in range(self.num_layers)]
+        bounds = [p.bound for ps in self.policies for p in ps]
+        self.bounded = all(b is not None for b in bounds)
+        if self.bounded:
+            cap = max(max(bounds), 1)
+            if self.max_len is not None:
+                cap = min(cap, self.max_len)
+        else:
+            cap = min(self.chunk, self.max_len or self.chunk)
+        self._cap = [cap] * self.num_layers
+        shape = (self.batch, self.num_kv_heads, cap, self.head_dim)
+        self._k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        self._v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        self._pos = [torch.full((self.num_kv_heads, cap), -1, dtype=torch.int64, device=self.device)
+                     for _ in range(num_layers)]
+        self._held = [[0] * self.num_kv_heads for _ in range(num_layers)]
+        self._n = [0] * self.num_layers
+
+    # -- what it holds -------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return max(self._cap)
+
+    @property
+    def why(self) -> str:
+        """Why the cache grows ('' when bounded)."""
+        return next((p.why for ps in self.policies for p in ps if p.bound is None), "")
+
+    def length(self, layer: int) -> int:
+        return self._n[self._layer(layer)]
+
+    def held(self, layer: int) -> list[int]:
+        """Keys stored now for each KV head of ``layer``."""
+        return list(self._held[self._layer(layer)])
+
+    def positions(self, layer: int, kv_head: int) -> torch.Tensor:
+        """The original positions of the keys stored for ``kv_head`` of ``layer``, ascending."""
+        layer = self._layer(layer)
+        return self._pos[layer][kv_head, : self._held[layer][kv_head]].clone()
+
+    def _layer(self, layer) -> int:
+        layer = _count("layer", layer, 0)
+        if layer >= self.num_layers:
+            raise PsparseUsageError(f"layer={layer} is outside num_layers={self.num_layers}")
+        return layer
+
+    # -- updates ---------------------------------------------------------------
+    def _check_kv(self, name, x, length=None):
+        if not isinstance(x, torch.Tensor):
+            raise PsparseUsageError(f"{name} must be a tensor, not {type(x).__name__}")
+        want = (self.batch, self.num_kv_heads, length if length is not None else x.shape[2]
+                if x.dim() == 4 else -1, self.head_dim)
+        if x.dim() != 4 or tuple(x.shape) != want or x.shape[2] < 1:
+            raise PsparseUsageError(
+                f"{name} must be [batch={self.batch}, kv_heads={self.num_kv_heads}, new positions >= 1, "
+                f"head_dim={self.head_dim}]; got {list(x.shape)}")
+        if x.dtype != self.dtype:
+            raise PsparseUsageError(f"{name} has dtype {x.dtype} but the cache holds {self.dtype}")
+        if x.device != self.device:
+            raise PsparseUsageError(f"{name} is on {x.device} but the cache is on {self.device}")
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append ``k``/``v`` ``[batch, kv_heads, T, head_dim]`` (a prefill chunk or a decode
+        step, positions ``n .. n + T - 1``) and evict what no query from ``n + T - 1`` on may
+        attend.  Any error leaves the cache unchanged."""
+        layer = self._layer(layer)
+        self._check_kv("k", k)
+        self._check_kv("v", v, k.shape[2])
+        n_old, t = self._n[layer], k.shape[2]
+        n = n_old + t
+        pos, held = self._pos[layer], self._held[layer]
+        new_pos = torch.arange(n_old, n, device=self.device)
+        plans, need = [], 0
+        for h, policy in enumerate(self.policies[layer]):
+            old = pos[h, : held[h]]
+            keep_old = policy.keep(old, n)
+            keep_new = policy.keep(new_pos, n)
+            plans.append((keep_old, keep_new))
+            need = max(need, int(keep_old.sum()) + int(keep_new.sum()))
+        cap = self._cap[layer]
+        if need > cap:
+            if self.bounded and (self.max_len is None or cap < self.max_len):
+                raise AssertionError("a bounded policy kept more keys than its bound")
+            grown = -(-need // self.chunk) * self.chunk
+            if self.max_len is not None:
+                if need > self.max_len:
+                    raise PsparseUsageError(
+                        f"layer {layer} would hold {need} keys per KV head at n = {n}, past "
+                        f"max_len={self.max_len} ({self.why}); pass a larger max_len")
+                grown = min(grown, self.max_len)
+            self._grow(layer, grown)
+        kk, vv, pos = self._k[layer], self._v[layer], self._pos[layer]
+        for h, (keep_old, keep_new) in enumerate(plans):
+            c = held[h]
+            if not bool(keep_old.all()):
+                idx = keep_old.nonzero().flatten()
+                m = idx.numel()
+                kk[:, h, :m] = kk[:, h, idx]
+                vv[:, h, :m] = vv[:, h, idx]
+                pos[h, :m] = pos[h, idx]
+                pos[h, m:c] = -1
+                c = m
+            idx = keep_new.nonzero().flatten()
+            m = idx.numel()
+            if m:
+                kk[:, h, c: c + m] = k[:, h, idx]
+                vv[:, h, c: c + m] = v[:, h, idx]
+                pos[h, c: c + m] = new_pos[idx]
+            held[h] = c + m
+        self._n[layer] = n
+
+    def _grow(self, layer: int, cap: int) -> None:
+        old = self._cap[layer]
+        pad = cap - old
+        shape = (self.batch, self.num_kv_heads, pad, self.head_dim)
+        self._k[layer] = torch.cat([self._k[layer], self._k[layer].new_zeros(shape)], dim=2)
+        self._v[layer] = torch.cat([self._v[layer], self._v[layer].new_zeros(shape)], dim=2)
+        self._pos[layer] = torch.cat(
+            [self._pos[layer], self._pos[layer].new_full((self.num_kv_heads, pad), -1)], dim=1)
+        self._cap[layer] = cap
+
+    # -- decoding --------------------------------------------------------------
+    def decode(self, layer: int, q: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """Attention of the decode query at ``n - 1``: ``q [batch, num_heads, 1, head_dim]`` ->
+        ``[batch, num_heads, 1, head_dim]`` over the retained keys, allowed where the query
+        head's pattern allows (query ``n - 1``, key at its original position) at this ``n``.
+        A query with no allowed key gets 0."""
+        layer = self._layer(layer)
+        n = self._n[layer]
+        if n == 0:
+            raise PsparseUsageError("decode before prefill: call update(layer, k, v) first")
+        if not isinstance(q, torch.Tensor) or q.dim() != 4 or tuple(q.shape) != (
+                self.batch, self.num_heads, 1, self.head_dim):
+            got = list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+            raise PsparseUsageError(
+                f"q must be [batch={self.batch}, heads={self.num_heads}, 1, head_dim={self.head_dim}] "
+                f"(one decode query at n - 1); got {got}")
+        if q.dtype != self.dtype or q.device != self.device:
+            raise PsparseUsageError(
+                f"q is {q.dtype} on {q.device} but the cache holds {self.dtype} on {self.device}")
+        scale = self.head_dim ** -0.5 if scale is None else float(scale)
+        out = torch.zeros_like(q)
+        ctx = Context(n)
+        qpos = torch.tensor([n - 1], device=self.device)
+        for h in range(self.num_kv_heads):
+            c = self._held[layer][h]
+            if c == 0:
+                continue
+            keys = self._k[layer][:, h, :c].float()
+            vals = self._v[layer][:, h, :c].float()
+            pos = self._pos[layer][h, :c]
+            heads = list(range(h * self.group, (h + 1) * self.group))
+            allowed = torch.stack([evaluate(self._expr(hq, layer), qpos, pos, ctx) for hq in heads])
+            qh = q[:, heads, 0].float()                                  # [B, G, D]
+            logits = scale * torch.einsum("bgd,bcd->bgc", qh, keys)
+            logits = logits.masked_fill(~allowed.unsqueeze(0), float("-inf"))
+            top = logits.amax(dim=-1, keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            p = torch.exp(logits - top)
+            denom = p.sum(dim=-1, keepdim=True)
+            p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
+            out[:, heads, 0] = torch.einsum("bgc,bcd->bgd", p, vals).to(q.dtype)
+        return out
+
+    def _expr(self, head: int, layer: int) -> ir.Expr:
+        rule = self.program.rule_for(head if self.program.has_heads else None, layer)
+        e = rule.expr
+        if e.needs_doc_ids or e.is_dynamic:
+            raise PsparseUsageError(
+                "decoding over the cache supports static patterns: this one uses "
+                + ("`document`" if e.needs_doc_ids else "data-dependent terms"))
+        return e
+

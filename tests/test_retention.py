@@ -1,0 +1,247 @@
+"""Retention: ``auto`` against brute force over future decode rows of the reference mask,
+position policies, and the memory-freeing cache against full-cache decoding."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from patterndsl import ir
+from patterndsl.errors import PsparseError, PsparseUsageError
+from patterndsl.retention.auto import analyze
+from patterndsl.retention.cache import KVCache
+from patterndsl.retention.policy import head_policies, position_policy
+from patterndsl.spec import parse
+
+
+def needed(text: str, n: int, horizon: int, num_heads: int | None = None) -> torch.Tensor:
+    """bool [n]: keys < n attended by some decode row q = m - 1, m in [n, n + horizon],
+    each resolved against its own m (the reference mask, one row per call)."""
+    spec = parse(text)
+    need = torch.zeros(n, dtype=torch.bool)
+    for m in range(n, n + horizon + 1):
+        row = spec.mask(m, nq=1)
+        need |= row[0, :n]
+    return need
+
+
+EXACT = [
+    "causal & (local(5) | sink(2))",
+    "causal & block(4)",
+    "causal & local(3)",
+    "causal & stride(3)",
+    "global([-1])",
+    "blockwise(4, local(1) | global([0, -1]))",
+    "causal & dilated(2, 3)",
+    "causal & slash([0, 5, 2:4])",
+    "prefix(6) | causal & local(2)",
+    "causal & rows([3, 7:9])",
+    "cols([1, -2, 4:6, -3:])",
+    "causal & local(6) - sink(3)",
+    "causal & every(3, 1) & local(7)",
+    "rows([::4])",
+    "causal & blockwise(3, block(2))",
+    "causal & cols([2, 10:14]) | causal & local(1)",
+    "none",
+]
+
+
+@pytest.mark.parametrize("text", EXACT)
+def test_auto_equals_brute_force(text):
+    reach = analyze(parse(text).pattern())
+    assert reach.exact
+    for n in range(1, 26):
+        need = needed(text, n, max(2 * n, 30))
+        kept = reach.keep(torch.arange(n), n)
+        assert torch.equal(need, kept), (n, need.nonzero().flatten(), kept.nonzero().flatten())
+        if reach.bound is not None:
+            assert int(kept.sum()) <= reach.bound
+
+
+def test_required_answers():
+    r = analyze(parse("causal & (local(1024) | sink(4))").pattern())
+    assert r.bound == 1029 and r.exact
+    kept = r.keep(torch.arange(5000), 5000)
+    assert int(kept.sum()) == 1029
+    assert kept[:4].all() and kept[5000 - 1025:].all() and not kept[4:5000 - 1025].any()
+    b = analyze(parse("causal & block(16)").pattern())
+    assert b.bound == 16
+    kept = b.keep(torch.arange(40), 40)
+    assert kept.nonzero().flatten().tolist() == list(range(32, 40))
+    for text in ("stride(4)", "causal & stride(4)", "random(2, block=4)", "global([-1])", "all",
+                 "causal", "document"):
+        r = analyze(parse(text).pattern())
+        assert r.bound is None and r.why, text
+        assert r.keep(torch.arange(50), 50).all(), text
+    r = analyze(parse("cols([3:])").pattern())
+    assert r.bound is None and r.exact
+    assert r.keep(torch.arange(50), 50).nonzero().flatten().tolist() == list(range(3, 50))
+
+
+def _random_expr(rng: random.Random, depth: int) -> str:
+    leaves = ["causal", "local(2)", "local(1, 3)", "block(3)", "stride(2)", "dilated(1, 2)",
+              "every(2, 1)", "sink(2)", "rows([4, -1])", "rows([2:6])", "cols([1, -3])",
+              "cols([5:9:2])", "global([3])", "prefix(5)", "slash([1, 4])", "random(1, block=2)",
+              "blockwise(2, local(1))", "cols([-6::2])", "all", "none"]
+    if depth == 0 or rng.random() < 0.3:
+        return rng.choice(leaves)
+    op = rng.choice([" | ", " & ", " - "])
+    return f"({_random_expr(rng, depth - 1)}{op}{_random_expr(rng, depth - 1)})"
+
+
+def test_auto_is_a_superset_on_random_expressions():
+    rng = random.Random(5)
+    for _ in range(40):
+        text = _random_expr(rng, 3)
+        reach = analyze(parse(text).pattern())
+        for n in (1, 3, 7, 12, 19):
+            need = needed(text, n, 2 * n + 12)
+            kept = reach.keep(torch.arange(n), n)
+            assert not (need & ~kept).any(), (text, n)
+            if reach.exact:
+                assert torch.equal(need, kept), (text, n)
+            if reach.bound is not None:
+                assert int(kept.sum()) <= reach.bound, (text, n)
+
+
+def test_policy_union_of_position_terms():
+    pat = parse("causal & block(8)").pattern()
+    ret = ir.Retention((ir.KvSink(3), ir.KvRecent(4), ir.KvAuto(), ir.KvSink(1)))
+    p = position_policy(ret, [pat])
+    assert p.bound == 3 + 4 + 8
+    for n in range(1, 40):
+        k = torch.arange(n)
+        want = {i for i in range(n) if i < 3 or i >= n - 4 or i >= (n - 1) // 8 * 8}
+        assert set(p.keep(k, n).nonzero().flatten().tolist()) == want
+    assert position_policy(None, [pat]).bound is None
+    with pytest.raises(PsparseUsageError, match="heavy"):
+        position_policy(ir.Retention((ir.KvSink(2), ir.KvHeavy(4))), [pat])
+
+
+def test_score_term_beside_auto_is_rejected_by_the_front_end():
+    with pytest.raises(PsparseError, match="auto"):
+        parse("causal\nkv = auto + heavy(8)")
+
+
+def test_auto_per_kv_head_covers_each_query_head():
+    spec = parse("heads 0 = causal & local(2)\nheads 1 = causal & sink(3)\n"
+                 "heads 2:4 = causal & block(4)\nkv = auto")
+    pols = head_policies(spec.canonical_ir, num_heads=4, num_kv_heads=2)
+    assert [p.bound for p in pols] == [3 + 3, 4]
+    kept = pols[0].keep(torch.arange(20), 20).nonzero().flatten().tolist()
+    assert kept == [0, 1, 2, 17, 18, 19]
+
+
+def _dense_decode(spec, k_all, v_all, q, n, num_heads):
+    """One decode step over the full cache under the reference mask row q = n - 1."""
+    mask = spec.mask(n, nq=1, num_heads=num_heads)[:, 0]                 # [H, n]
+    group = num_heads // k_all.shape[1]
+    kk = k_all[:, :, :n].repeat_interleave(group, dim=1)
+    vv = v_all[:, :, :n].repeat_interleave(group, dim=1)
+    logits = torch.einsum("bhd,bhnd->bhn", q[:, :, 0].double(), kk.double()) * q.shape[-1] ** -0.5
+    logits = logits.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    return torch.einsum("bhn,bhnd->bhd", p, vv.double())
+
+
+LOSSLESS = [
+    ("causal & (sink(4) | local(16))", 4 + 17),
+    ("causal & block(8)", 8),
+    ("causal & local(8)", 9),
+    ("causal & stride(4)", None),
+    ("blockwise(4, causal & local(1)) & causal | sink(2)", 8 + 2),
+]
+
+
+@pytest.mark.parametrize("text,bound", LOSSLESS)
+def test_auto_decoding_is_lossless(text, bound):
+    torch.manual_seed(0)
+    spec = parse(text + "\nkv = auto")
+    layers, batch, hkv, hq, d = 2, 2, 2, 4, 8
+    prompt, steps = 37, 400
+    total = prompt + steps
+    k_all = torch.randn(layers, batch, hkv, total, d)
+    v_all = torch.randn(layers, batch, hkv, total, d)
+    qs = torch.randn(layers, batch, hq, total, d)
+    cache = KVCache(spec, layers, batch, hkv, d, num_heads=hq, max_len=total)
+    assert cache.bounded == (bound is not None)
+    if bound is not None:
+        assert cache.capacity == bound
+    for layer in range(layers):
+        cache.update(layer, k_all[layer, :, :, :prompt], v_all[layer, :, :, :prompt])
+    worst = 0.0
+    for n in range(prompt, total + 1):
+        if n > prompt:
+            for layer in range(layers):
+                cache.update(layer, k_all[layer, :, :, n - 1: n], v_all[layer, :, :, n - 1: n])
+        for layer in range(layers):
+            assert cache.length(layer) == n
+            held = cache.held(layer)
+            if bound is not None:
+                assert max(held) <= bound and cache.capacity == bound
+            q = qs[layer, :, :, n - 1: n]
+            got = cache.decode(layer, q)[:, :, 0].double()
+            want = _dense_decode(spec, k_all[layer], v_all[layer], q, n, hq)
+            err = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+            worst = max(worst, err)
+            for h in range(hkv):
+                pos = cache.positions(layer, h)
+                assert torch.equal(pos, pos.sort().values)
+    assert worst < 1e-5
+
+
+def test_unbounded_cache_grows_in_chunks_and_stops_at_max_len():
+    spec = parse("causal & stride(3)\nkv = auto")
+    cache = KVCache(spec, 1, 1, 1, 4, max_len=20, chunk=8)
+    assert not cache.bounded and cache.capacity == 8 and "stride" in cache.why
+    cache.update(0, torch.randn(1, 1, 9, 4), torch.randn(1, 1, 9, 4))
+    assert cache.capacity == 16 and cache.held(0) == [9]
+    cache.update(0, torch.randn(1, 1, 11, 4), torch.randn(1, 1, 11, 4))
+    assert cache.capacity == 20 and cache.held(0) == [20]
+    before = cache.positions(0, 0)
+    with pytest.raises(PsparseUsageError, match="max_len"):
+        cache.update(0, torch.randn(1, 1, 1, 4), torch.randn(1, 1, 1, 4))
+    assert cache.length(0) == 20 and torch.equal(cache.positions(0, 0), before)
+
+
+def test_bounded_cache_frees_memory():
+    spec = parse("causal & local(5)\nkv = sink(2) + recent(3)")
+    cache = KVCache(spec, 1, 1, 1, 4)
+    assert cache.bounded and cache.capacity == 5
+    cache.update(0, torch.randn(1, 1, 100, 4), torch.randn(1, 1, 100, 4))
+    assert cache.positions(0, 0).tolist() == [0, 1, 97, 98, 99]
+    assert cache._k[0].shape[2] == 5
+    cache.update(0, torch.randn(1, 1, 1, 4), torch.randn(1, 1, 1, 4))
+    assert cache.positions(0, 0).tolist() == [0, 1, 98, 99, 100]
+
+
+def test_bad_use_is_refused_and_leaves_the_cache_unchanged():
+    spec = parse("causal & local(4)\nkv = auto")
+    cache = KVCache(spec, 2, 1, 2, 4, num_heads=4)
+    with pytest.raises(PsparseUsageError, match="before prefill"):
+        cache.decode(0, torch.randn(1, 4, 1, 4))
+    cache.update(0, torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4))
+    state = (cache.length(0), cache.held(0), cache.positions(0, 0), cache._k[0].clone())
+    bad = [
+        (torch.randn(1, 2, 1, 5), torch.randn(1, 2, 1, 5), "head_dim"),
+        (torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4), "kv_heads"),
+        (torch.randn(1, 2, 1, 4), torch.randn(1, 2, 2, 4), "v must"),
+        (torch.randn(1, 2, 1, 4, dtype=torch.float64), torch.randn(1, 2, 1, 4, dtype=torch.float64),
+         "dtype"),
+        (torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 4), ">= 1"),
+    ]
+    for k, v, msg in bad:
+        with pytest.raises(PsparseUsageError, match=msg):
+            cache.update(0, k, v)
+    with pytest.raises(PsparseUsageError, match="num_layers"):
+        cache.update(2, torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
+    with pytest.raises(PsparseUsageError, match="one decode query"):
+        cache.decode(0, torch.randn(1, 4, 2, 4))
+    assert (cache.length(0), cache.held(0)) == state[:2]
+    assert torch.equal(cache.positions(0, 0), state[2]) and torch.equal(cache._k[0], state[3])
+
+
+def test_score_terms_are_refused_by_the_cache():
+    with pytest.raises(PsparseUsageError, match="snap"):
+        KVCache(parse("causal\nkv = sink(4) + snap(16)"), 1, 1, 1, 4)
