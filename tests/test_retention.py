@@ -44,6 +44,9 @@ EXACT = [
     "causal & blockwise(3, block(2))",
     "causal & cols([2, 10:14]) | causal & local(1)",
     "none",
+    "causal & rows([::-3])",
+    "rows([-2::-2]) | causal & local(1)",
+    "rows([9:2:-2])",
 ]
 
 
@@ -245,3 +248,33 @@ def test_bad_use_is_refused_and_leaves_the_cache_unchanged():
 def test_score_terms_are_refused_by_the_cache():
     with pytest.raises(PsparseUsageError, match="snap"):
         KVCache(parse("causal\nkv = sink(4) + snap(16)"), 1, 1, 1, 4)
+
+
+def test_compiled_pattern_kv_cache_and_2000_steps():
+    from patterndsl.attention import compile as compile_pattern
+    torch.manual_seed(1)
+    attn = compile_pattern("causal & (sink(4) | local(16))\nkv = auto")
+    cache = attn.kv_cache(1, 1, 1, 8, num_heads=2)
+    assert cache.bounded and cache.capacity == 21 and cache.dtype == torch.float32
+    prompt, steps, d = 50, 2000, 8
+    total = prompt + steps
+    k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
+    qs = torch.randn(1, 2, total, d)
+    cache.update(0, k_all[:, :, :prompt], v_all[:, :, :prompt])
+    worst = 0.0
+    for n in range(prompt, total + 1):
+        if n > prompt:
+            cache.update(0, k_all[:, :, n - 1: n], v_all[:, :, n - 1: n])
+        assert max(cache.held(0)) <= 21
+        q = qs[:, :, n - 1: n]
+        got = cache.decode(0, q)[:, :, 0].double()
+        # The full-cache answer, written out: keys 0..3 and n-17..n-1 (q = n - 1).
+        allowed = torch.zeros(n, dtype=torch.bool)
+        allowed[:4] = True
+        allowed[max(0, n - 17):] = True
+        logits = torch.einsum("bhd,bnd->bhn", q[:, :, 0].double(), k_all[:, 0, :n].double()) * d ** -0.5
+        p = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        want = torch.einsum("bhn,bnd->bhd", p, v_all[:, 0, :n].double())
+        worst = max(worst, ((got - want).norm() / want.norm()).item())
+    assert worst < 1e-5
+    assert cache.positions(0, 0).tolist() == [0, 1, 2, 3, *range(total - 17, total)]
