@@ -69,9 +69,10 @@ def renders(monkeypatch):
 # ---------------------------------------------------------------------------
 
 WORKER = textwrap.dedent("""
-    import importlib.util, sys
+    import importlib.util, os, sys
     sys.modules["patterndsl"] = None          # `import patterndsl` raises ImportError
-    sys.path[:] = [p for p in sys.path if p and not p.startswith({root!r})]
+    # the checkout itself leaves the path (not what lies below it: CI's venv may live there)
+    sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != {root!r}]
     try:
         import patterndsl
         raise SystemExit("patterndsl was importable")
