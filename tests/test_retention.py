@@ -278,3 +278,41 @@ def test_compiled_pattern_kv_cache_and_2000_steps():
         worst = max(worst, ((got - want).norm() / want.norm()).item())
     assert worst < 1e-5
     assert cache.positions(0, 0).tolist() == [0, 1, 2, 3, *range(total - 17, total)]
+
+
+def _static_examples():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "examples"
+    out = []
+    for path in sorted(root.glob("*.psp")):
+        lines = [ln for ln in path.read_text().splitlines() if not ln.strip().startswith("kv")]
+        spec = parse("\n".join(lines))
+        prog = spec.canonical_ir
+        if prog.has_heads or prog.has_layers or spec.is_dynamic or spec.needs_doc_ids:
+            continue
+        # A decode row only ever sees keys before it, so every static example applies.
+        out.append(pytest.param("\n".join(lines) + "\nkv = auto", id=path.stem))
+    return out
+
+
+@pytest.mark.parametrize("text", _static_examples())
+def test_examples_decode_losslessly_past_their_windows(text):
+    torch.manual_seed(2)
+    spec = parse(text)
+    cache = KVCache(spec, 1, 1, 1, 8, num_heads=2)
+    bound = cache.policies[0][0].bound
+    prompt = min(bound if bound is not None else 300, 5000) + 40
+    steps, d = 48, 8
+    total = prompt + steps
+    k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
+    qs = torch.randn(1, 2, total, d)
+    cache.update(0, k_all[:, :, :prompt], v_all[:, :, :prompt])
+    for n in range(prompt, total + 1):
+        if n > prompt:
+            cache.update(0, k_all[:, :, n - 1: n], v_all[:, :, n - 1: n])
+        if bound is not None:
+            assert max(cache.held(0)) <= bound
+        q = qs[:, :, n - 1: n]
+        got = cache.decode(0, q)[:, :, 0].double()
+        want = _dense_decode(spec, k_all, v_all, q, n, 2)
+        assert ((got - want).norm() / want.norm()).item() < 1e-5, n
