@@ -316,3 +316,63 @@ def test_examples_decode_losslessly_past_their_windows(text):
         got = cache.decode(0, q)[:, :, 0].double()
         want = _dense_decode(spec, k_all, v_all, q, n, 2)
         assert ((got - want).norm() / want.norm()).item() < 1e-5, n
+
+
+def _norm_reference(keys, n, sink, recent, terms, auto_keep=None):
+    """Kept positions at length n, written from the rule: position terms first, then each
+    norm term keeps its count best among the keys no one before keeps (ties: the later
+    position stays)."""
+    kept = {i for i in range(n) if i < sink or i >= n - recent}
+    if auto_keep is not None:
+        kept |= {i for i in range(n) if auto_keep(i, n)}
+    norms = keys[:n].float().norm(dim=-1).tolist()
+    for count, low in terms:
+        rest = [i for i in range(n) if i not in kept]
+        rest.sort(key=lambda i: ((norms[i] if low else -norms[i]), -i))
+        kept |= set(rest[:count])
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("kv,terms", [
+    ("sink(2) + recent(3) + norm(4)", [(4, False)]),
+    ("norm(3, low=true) + recent(2)", [(3, True)]),
+    ("recent(1) + norm(2) + norm(3, low=true)", [(2, False), (3, True)]),
+])
+def test_norm_terms_match_the_rule(kv, terms):
+    torch.manual_seed(3)
+    spec = parse("causal\nkv = " + kv)
+    sink = sum(t.count for t in spec.canonical_ir.kv.terms if isinstance(t, ir.KvSink))
+    recent = sum(t.count for t in spec.canonical_ir.kv.terms if isinstance(t, ir.KvRecent))
+    batch, hkv, d, total = 2, 2, 4, 60
+    # Few distinct values, so equal norms (ties) happen.
+    k_all = torch.randint(-2, 3, (batch, hkv, total, d)).float()
+    v_all = torch.randn(batch, hkv, total, d)
+    cache = KVCache(spec, 1, batch, hkv, d, num_heads=4)
+    assert cache.bounded and cache.capacity == sink + recent + sum(c for c, _ in terms)
+    cache.update(0, k_all[:, :, :20], v_all[:, :, :20])
+    for n in range(20, total + 1):
+        if n > 20:
+            cache.update(0, k_all[:, :, n - 1: n], v_all[:, :, n - 1: n])
+        for b in range(batch):
+            for h in range(hkv):
+                want = _norm_reference(k_all[b, h], n, sink, recent, terms)
+                assert cache.positions(0, h, b).tolist() == want, (n, b, h)
+        # Decoding attends exactly the kept keys (causal allows all of them).
+        q = torch.randn(batch, 4, 1, d)
+        got = cache.decode(0, q)[:, :, 0]
+        for b in range(batch):
+            for hq in range(4):
+                h = hq // 2
+                keep = torch.tensor(_norm_reference(k_all[b, h], n, sink, recent, terms))
+                p = torch.softmax(k_all[b, h, keep] @ q[b, hq, 0] * d ** -0.5, dim=0)
+                torch.testing.assert_close(got[b, hq], p @ v_all[b, h, keep], rtol=1e-5, atol=1e-6)
+
+
+def test_norm_counts_follow_a_pyramid_budget_and_adaptive_is_refused():
+    spec = parse("causal\nkv = recent(2) + norm(10)\nbudget = pyramid(beta=2)")
+    cache = KVCache(spec, 3, 1, 1, 4)
+    # lo = 5, hi = 15: layers 0, 1, 2 keep 15, 10, 5 by norm.
+    assert [p[0].scores for p in cache.policies] == [((15, False),), ((10, False),), ((5, False),)]
+    assert cache.capacity == 2 + 15
+    with pytest.raises(PsparseUsageError, match="adaptive"):
+        KVCache(parse("causal\nkv = norm(4)\nbudget = adaptive"), 1, 1, 1, 4)

@@ -2,8 +2,8 @@
 values, with their original positions, and decodes over them.
 
 Storage per layer is ``k``/``v`` ``[batch, kv_heads, capacity, head_dim]`` and positions
-``[kv_heads, capacity]`` (position policies decide from positions alone, so every batch
-element keeps the same positions; each KV head keeps its own, shared by its query heads).
+``[batch, kv_heads, capacity]`` (``-1`` marks a free slot): each batch element and KV head
+keeps its own keys (``norm`` scores differ between them), shared by the KV head's query heads.
 When every KV head's policy has a bound the capacity is that bound, allocated once and
 never grown; otherwise it grows in chunks up to ``max_len``.
 
@@ -23,7 +23,7 @@ from .. import ir
 from ..errors import PsparseUsageError
 from ..plan.context import Context
 from ..plan.predicate import evaluate
-from .policy import head_policies
+from .policy import head_policies, pick_scores
 
 __all__ = ["KVCache"]
 
@@ -70,7 +70,8 @@ class KVCache:
         self.dtype = dtype
         self.device = torch.device(device)
         self.group = self.num_heads // self.num_kv_heads
-        self.policies = [head_policies(self.program, self.num_heads, self.num_kv_heads, layer)
+        self.policies = [head_policies(self.program, self.num_heads, self.num_kv_heads, layer,
+                                       self.num_layers)
                          for layer in range(self.num_layers)]
         bounds = [p.bound for ps in self.policies for p in ps]
         self.bounded = all(b is not None for b in bounds)
@@ -84,9 +85,9 @@ class KVCache:
         shape = (self.batch, self.num_kv_heads, cap, self.head_dim)
         self._k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
         self._v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
-        self._pos = [torch.full((self.num_kv_heads, cap), -1, dtype=torch.int64, device=self.device)
-                     for _ in range(num_layers)]
-        self._held = [[0] * self.num_kv_heads for _ in range(num_layers)]
+        self._pos = [torch.full((self.batch, self.num_kv_heads, cap), -1, dtype=torch.int64,
+                                device=self.device) for _ in range(num_layers)]
+        self._held = [[[0] * self.num_kv_heads for _ in range(self.batch)] for _ in range(num_layers)]
         self._n = [0] * self.num_layers
 
     # -- what it holds -------------------------------------------------------
@@ -103,13 +104,15 @@ class KVCache:
         return self._n[self._layer(layer)]
 
     def held(self, layer: int) -> list[int]:
-        """Keys stored now for each KV head of ``layer``."""
-        return list(self._held[self._layer(layer)])
+        """Keys stored now for each KV head of ``layer`` (the most over batch elements)."""
+        held = self._held[self._layer(layer)]
+        return [max(held[b][h] for b in range(self.batch)) for h in range(self.num_kv_heads)]
 
-    def positions(self, layer: int, kv_head: int) -> torch.Tensor:
-        """The original positions of the keys stored for ``kv_head`` of ``layer``, ascending."""
+    def positions(self, layer: int, kv_head: int, batch: int = 0) -> torch.Tensor:
+        """The original positions of the keys stored for ``kv_head`` of ``layer`` and batch
+        element ``batch``, ascending."""
         layer = self._layer(layer)
-        return self._pos[layer][kv_head, : self._held[layer][kv_head]].clone()
+        return self._pos[layer][batch, kv_head, : self._held[layer][batch][kv_head]].clone()
 
     def _layer(self, layer) -> int:
         layer = _count("layer", layer, 0)
@@ -141,15 +144,26 @@ class KVCache:
         self._check_kv("v", v, k.shape[2])
         n_old, t = self._n[layer], k.shape[2]
         n = n_old + t
-        pos, held = self._pos[layer], self._held[layer]
+        pos, held, kk = self._pos[layer], self._held[layer], self._k[layer]
         new_pos = torch.arange(n_old, n, device=self.device)
         plans, need = [], 0
         for h, policy in enumerate(self.policies[layer]):
-            old = pos[h, : held[h]]
-            keep_old = policy.keep(old, n)
-            keep_new = policy.keep(new_pos, n)
-            plans.append((keep_old, keep_new))
-            need = max(need, int(keep_old.sum()) + int(keep_new.sum()))
+            shared = None
+            for b in range(self.batch):
+                old = pos[b, h, : held[b][h]]
+                if policy.scores or shared is None or held[b][h] != shared[2]:
+                    keep_old = policy.keep(old, n)
+                    keep_new = policy.keep(new_pos, n)
+                    if policy.scores:
+                        keep_old, keep_new = self._pick(policy, old, kk[b, h, : held[b][h]],
+                                                        keep_old, keep_new, new_pos, k[b, h])
+                    else:
+                        shared = (keep_old, keep_new, held[b][h])
+                else:
+                    # Position policies decide from positions alone: equal for every element.
+                    keep_old, keep_new = shared[0], shared[1]
+                plans.append((b, h, keep_old, keep_new))
+                need = max(need, int(keep_old.sum()) + int(keep_new.sum()))
         cap = self._cap[layer]
         if need > cap:
             if self.bounded and (self.max_len is None or cap < self.max_len):
@@ -163,24 +177,37 @@ class KVCache:
                 grown = min(grown, self.max_len)
             self._grow(layer, grown)
         kk, vv, pos = self._k[layer], self._v[layer], self._pos[layer]
-        for h, (keep_old, keep_new) in enumerate(plans):
-            c = held[h]
+        for b, h, keep_old, keep_new in plans:
+            c = held[b][h]
             if not bool(keep_old.all()):
                 idx = keep_old.nonzero().flatten()
                 m = idx.numel()
-                kk[:, h, :m] = kk[:, h, idx]
-                vv[:, h, :m] = vv[:, h, idx]
-                pos[h, :m] = pos[h, idx]
-                pos[h, m:c] = -1
+                kk[b, h, :m] = kk[b, h, idx]
+                vv[b, h, :m] = vv[b, h, idx]
+                pos[b, h, :m] = pos[b, h, idx]
+                pos[b, h, m:c] = -1
                 c = m
             idx = keep_new.nonzero().flatten()
             m = idx.numel()
             if m:
-                kk[:, h, c: c + m] = k[:, h, idx]
-                vv[:, h, c: c + m] = v[:, h, idx]
-                pos[h, c: c + m] = new_pos[idx]
-            held[h] = c + m
+                kk[b, h, c: c + m] = k[b, h, idx]
+                vv[b, h, c: c + m] = v[b, h, idx]
+                pos[b, h, c: c + m] = new_pos[idx]
+            held[b][h] = c + m
         self._n[layer] = n
+
+    @staticmethod
+    def _pick(policy, old_pos, old_k, keep_old, keep_new, new_pos, new_k):
+        """Position-kept masks extended by the score terms' picks among the rest."""
+        cand_old, cand_new = ~keep_old, ~keep_new
+        positions = torch.cat([old_pos[cand_old], new_pos[cand_new]])
+        keys = torch.cat([old_k[cand_old], new_k[cand_new]]).float()
+        taken = pick_scores(policy.scores, positions, torch.linalg.vector_norm(keys, dim=-1))
+        m = int(cand_old.sum())
+        keep_old, keep_new = keep_old.clone(), keep_new.clone()
+        keep_old[cand_old] = taken[:m]
+        keep_new[cand_new] = taken[m:]
+        return keep_old, keep_new
 
     def _grow(self, layer: int, cap: int) -> None:
         old = self._cap[layer]
@@ -189,7 +216,8 @@ class KVCache:
         self._k[layer] = torch.cat([self._k[layer], self._k[layer].new_zeros(shape)], dim=2)
         self._v[layer] = torch.cat([self._v[layer], self._v[layer].new_zeros(shape)], dim=2)
         self._pos[layer] = torch.cat(
-            [self._pos[layer], self._pos[layer].new_full((self.num_kv_heads, pad), -1)], dim=1)
+            [self._pos[layer], self._pos[layer].new_full((self.batch, self.num_kv_heads, pad), -1)],
+            dim=2)
         self._cap[layer] = cap
 
     # -- decoding --------------------------------------------------------------
@@ -216,17 +244,20 @@ class KVCache:
         ctx = Context(n)
         qpos = torch.tensor([n - 1], device=self.device)
         for h in range(self.num_kv_heads):
-            c = self._held[layer][h]
+            c = max(self._held[layer][b][h] for b in range(self.batch))
             if c == 0:
                 continue
-            keys = self._k[layer][:, h, :c].float()
+            keys = self._k[layer][:, h, :c].float()                      # [B, c, D]
             vals = self._v[layer][:, h, :c].float()
-            pos = self._pos[layer][h, :c]
+            pos = self._pos[layer][:, h, :c]                              # [B, c], -1 free
             heads = list(range(h * self.group, (h + 1) * self.group))
-            allowed = torch.stack([evaluate(self._expr(hq, layer), qpos, pos, ctx) for hq in heads])
-            qh = q[:, heads, 0].float()                                  # [B, G, D]
+            present = pos >= 0
+            safe = pos.clamp(min=0)
+            allowed = torch.stack([evaluate(self._expr(hq, layer), qpos, safe, ctx) & present
+                                   for hq in heads], dim=1)               # [B, G, c]
+            qh = q[:, heads, 0].float()                                   # [B, G, D]
             logits = scale * torch.einsum("bgd,bcd->bgc", qh, keys)
-            logits = logits.masked_fill(~allowed.unsqueeze(0), float("-inf"))
+            logits = logits.masked_fill(~allowed, float("-inf"))
             top = logits.amax(dim=-1, keepdim=True)
             top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
             p = torch.exp(logits - top)
