@@ -8,7 +8,7 @@ When every KV head's policy has a bound the capacity is that bound, allocated on
 never grown; otherwise it grows in chunks up to ``max_len``.
 
 Protocol: ``update(layer, k, v)`` appends a prefill chunk or one decode step and evicts what
-no query from ``n - 1`` on may attend; ``decode(layer, q)`` then attends the query at
+the policy does not keep (under ``auto``: what no query from ``n - 1`` on may attend); ``decode(layer, q)`` then attends the query at
 ``n - 1`` over the retained keys, applying the pattern at their original positions.  Queries
 earlier than ``n - 1`` (a multi-row chunk) are not served from the cache: their keys may
 already be evicted, so the caller runs the sparse kernel on the chunk itself.

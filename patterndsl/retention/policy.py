@@ -1,4 +1,4 @@
-"""Position retention policies: the keys ``auto``, ``sink(m)`` and ``recent(w)`` keep.
+"""Retention policies: the keys ``auto``, ``sink(m)``, ``recent(w)`` and ``norm(h)`` keep.
 
 Position terms are decided from positions alone and their kept sets are joined (union,
 LANGUAGE.md "Retention").  A policy is built per KV head: ``auto`` keeps what any of that KV
