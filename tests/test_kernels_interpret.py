@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from patterndsl.plan import build_plan  # noqa: E402
 from patterndsl import ir  # noqa: E402
 from patterndsl.spec import parse  # noqa: E402
 from patterndsl.reference import expr_mask  # noqa: E402
@@ -237,14 +238,6 @@ def test_half_precision_inputs(dtype, tol):
         assert rel(a, b) < tol, name
 
 
-def _planner():
-    try:
-        from patterndsl.plan import build_plan
-    except ImportError:
-        return None
-    return build_plan
-
-
 # the planner's own tile choice for the residue patterns; forced 32/64 tiles elsewhere so
 # that the interpreter visits few tiles
 BIG = dict(block_m=64, block_n=32)
@@ -264,9 +257,6 @@ CANONICAL = [
 
 @pytest.mark.parametrize("spec,opts", CANONICAL, ids=[c[0] for c in CANONICAL])
 def test_planner_plans(spec, opts):
-    build_plan = _planner()
-    if build_plan is None:
-        pytest.skip("patterndsl.plan.build_plan is not available")
     n, nq = 128, 100
     doc = torch.tensor([0] * 50 + [1] * 40 + [2] * 38) if "document" in spec else None
     s = parse(spec)
@@ -511,8 +501,5 @@ def test_module_text_is_identical_across_processes():
     ("all", 2, 1),
 ])
 def test_planner_plans_at_tiny_lengths(spec, n, nq):
-    build_plan = _planner()
-    if build_plan is None:
-        pytest.skip("patterndsl.plan.build_plan is not available")
     s = parse(spec)
     check(s.pattern(), build_plan(s, n, nq=nq, head_dim=16, dtype=torch.float32), Hq=2, Hkv=1)

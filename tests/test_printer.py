@@ -9,6 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from patterndsl.lower import lower
+from patterndsl.parser import parse_tree
 from patterndsl import ir
 from patterndsl.passes import canonicalize
 from patterndsl.printer import _decimal, to_text
@@ -20,11 +22,6 @@ I = lambda *items: ir.IndexSet(tuple(items))  # noqa: E731
 
 
 def _reparse(text: str) -> ir.Program:
-    try:
-        from patterndsl.lower import lower
-        from patterndsl.parser import parse_tree
-    except ImportError:
-        pytest.skip("patterndsl.lower is not there yet")
     return lower(parse_tree(text), text)
 
 

@@ -15,12 +15,12 @@ already be evicted, so the caller runs the sparse kernel on the chunk itself.
 """
 from __future__ import annotations
 
-import operator
 
 import torch
 
 from .. import ir
 from ..errors import PsparseUsageError
+from ..args import checked_int
 from ..plan.context import Context
 from ..plan.predicate import evaluate
 from .policy import head_policies, pick_scores
@@ -39,16 +39,6 @@ def _program(spec) -> ir.Program:
     return spec.canonical_ir
 
 
-def _count(name, value, low):
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise PsparseUsageError(f"{name} must be an integer, not {value!r}") from None
-    if value < low:
-        raise PsparseUsageError(f"{name} must be >= {low}, not {value}")
-    return value
-
-
 class KVCache:
     """Retained keys and values of every layer (see the module docstring).
 
@@ -60,13 +50,13 @@ class KVCache:
                  num_heads: int | None = None, dtype=torch.float32, device="cpu",
                  max_len: int | None = None, chunk: int = _CHUNK):
         self.program = _program(spec)
-        self.num_layers = _count("num_layers", num_layers, 1)
-        self.batch = _count("batch", batch, 1)
-        self.num_kv_heads = _count("num_kv_heads", num_kv_heads, 1)
-        self.head_dim = _count("head_dim", head_dim, 1)
-        self.num_heads = self.num_kv_heads if num_heads is None else _count("num_heads", num_heads, 1)
-        self.max_len = None if max_len is None else _count("max_len", max_len, 1)
-        self.chunk = _count("chunk", chunk, 1)
+        self.num_layers = checked_int("num_layers", num_layers, 1)
+        self.batch = checked_int("batch", batch, 1)
+        self.num_kv_heads = checked_int("num_kv_heads", num_kv_heads, 1)
+        self.head_dim = checked_int("head_dim", head_dim, 1)
+        self.num_heads = self.num_kv_heads if num_heads is None else checked_int("num_heads", num_heads, 1)
+        self.max_len = None if max_len is None else checked_int("max_len", max_len, 1)
+        self.chunk = checked_int("chunk", chunk, 1)
         self.dtype = dtype
         self.device = torch.device(device)
         self.group = self.num_heads // self.num_kv_heads
@@ -115,7 +105,7 @@ class KVCache:
         return self._pos[layer][batch, kv_head, : self._held[layer][batch][kv_head]].clone()
 
     def _layer(self, layer) -> int:
-        layer = _count("layer", layer, 0)
+        layer = checked_int("layer", layer, 0)
         if layer >= self.num_layers:
             raise PsparseUsageError(f"layer={layer} is outside num_layers={self.num_layers}")
         return layer
