@@ -551,9 +551,9 @@ def _add_compile(sub) -> argparse.ArgumentParser:
         description="Write one Python module (it imports only torch and triton) exposing\n"
                     "attention(q, k, v, ...), SPEC, mask(n) and plan(n).  Modules are cached\n"
                     "under PSPARSE_CACHE_DIR; the same spec and options give the same bytes.\n"
-                    "The module picks its tiles per call from the inputs' head dim and dtype:\n"
-                    "the tile options are validated and key the cache, and today's modules\n"
-                    "are the same text for every value of them.",
+                    "--head-dim and --dtype are compiled in as checks every call must pass\n"
+                    "(and choose the tiles); --block-m/--block-n fix the tile sizes.  Without\n"
+                    "them the module picks its tiles per call from the inputs.",
         epilog="examples:\n"
                "  psparse compile \"causal & local(256)\" -o sliding.py\n"
                "  psparse compile examples/bigbird.psp -o bigbird.py --head-dim 64 --dtype bf16\n",

@@ -571,3 +571,27 @@ def test_check_refuses(capsys, args, rc, message):
         pytest.skip("a GPU is present")
     got, out, err = main(capsys, "check", *args)
     assert got == rc and message in err and "Traceback" not in err
+
+
+def test_compile_options_are_compiled_into_the_module(tmp_path, capsys):
+    import importlib.util
+    path = tmp_path / "fixed.py"
+    rc, _, err = main(capsys, "compile", "causal & local(40)", "-o", str(path), "--head-dim", "32",
+                      "--dtype", "fp32", "--block-m", "16", "--block-n", "32")
+    assert rc == 0, err
+    loaded = importlib.util.spec_from_file_location("fixed_module", str(path))
+    mod = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(mod)
+    assert (mod.HEAD_DIM, mod.DTYPE, mod.BLOCK_M, mod.BLOCK_N) == (32, torch.float32, 16, 32)
+    p = mod.plan(100)
+    assert (p["block_m"], p["block_n"]) == (16, 32)
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="compiled for head_dim 32, not 16"):
+        mod.attention(q, q, q)
+    q = torch.randn(1, 1, 8, 32, dtype=torch.float16)
+    with pytest.raises(ValueError, match="compiled for torch.float32"):
+        mod.attention(q, q, q)
+    # without options nothing is fixed, and the text differs only in those constants
+    free = modcache.module_text("causal & local(40)")
+    assert "HEAD_DIM = None" in free and "BLOCK_M = None" in free
+    assert free != path.read_text()

@@ -24,10 +24,14 @@ def _selector(sel: ir.Selector | None) -> str:
 
 def render_module(spec, **options) -> str:
     """The module text for ``spec`` (a :class:`~patterndsl.spec.Spec` or spec text).
-    ``options`` (head_dim, dtype, tile sizes) do not change the text: the module picks
-    tiles per call."""
+
+    ``options`` are compiled in: ``head_dim``/``dtype`` become checks every call must pass
+    (and choose the tiles), ``block_m``/``block_n`` fix the tile sizes.  Without them the
+    module picks tiles per call from the inputs."""
     from ..spec import Spec, parse
     from .. import __version__
+    from ..modcache import normalize_options
+    options = normalize_options(**options)
     if not isinstance(spec, Spec):
         spec = parse(spec)
     env = environment()
@@ -50,5 +54,8 @@ def render_module(spec, **options) -> str:
                 uses_doc=pred.uses_doc,
             ))
         rules.append((_selector(rule.layers), _selector(rule.heads), index_of[expr]))
+    dtype = options.get("dtype")
     return env.get_template("module.py.jinja").render(
-        version=__version__, spec_repr=repr(spec.canonical()), patterns=patterns, rules=rules)
+        version=__version__, spec_repr=repr(spec.canonical()), patterns=patterns, rules=rules,
+        head_dim=repr(options.get("head_dim")), dtype=f"torch.{dtype}" if dtype else "None",
+        block_m=repr(options.get("block_m")), block_n=repr(options.get("block_n")))
