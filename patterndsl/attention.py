@@ -30,6 +30,7 @@ import torch
 
 from . import ir
 from .errors import PsparseUsageError
+from .args import checked_int, query_rows
 from .spec import Spec, parse
 
 BACKENDS = ("torch", "triton", "interpret")
@@ -198,14 +199,8 @@ class CompiledPattern:
                         "random or blockwise): pass n to to_mask_mod")
             n_ctx, offset = 1 << 40, 0
         else:
-            if not _is_int(n) or n < 0:
-                raise PsparseUsageError(f"n={n!r}: expected an integer >= 0")
-            nq = n if nq is None else nq
-            if not _is_int(nq) or not 0 <= nq <= n:
-                raise PsparseUsageError(f"nq={nq!r}: expected an integer from 0 to n = {n}")
-            offset = n - nq if q_offset is None else q_offset
-            if not _is_int(offset) or not 0 <= offset <= n - nq:
-                raise PsparseUsageError(f"q_offset={q_offset!r}: expected 0 <= q_offset <= n - nq")
+            n = checked_int("n", n, 0)
+            nq, offset = query_rows(n, nq, q_offset)
             n_ctx = n
         batched_doc = doc is not None and doc.dim() == 2
         if device is not None and doc is not None:

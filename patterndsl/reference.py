@@ -22,7 +22,7 @@ import torch
 from . import ir
 from .budgets import adaptive_split, layer_count, top_mask
 from .errors import PsparseUsageError
-from .args import checked_int
+from .args import checked_int, query_rows
 from .randomblocks import random_blocks
 
 __all__ = ["program_mask", "expr_mask", "index_table", "offset_values"]
@@ -397,13 +397,7 @@ def program_mask(program: ir.Program, n: int, *, nq: int | None = None, q_offset
         if num_heads is not None and num_heads != q.shape[1]:
             raise PsparseUsageError(f"num_heads={num_heads} but q has {q.shape[1]} query heads")
         num_heads = q.shape[1]
-    nq = n if nq is None else checked_int("nq", nq, 0)
-    if nq > n:
-        raise PsparseUsageError(f"nq={nq} query rows do not fit in n = {n} positions")
-    offset = n - nq if q_offset is None else checked_int("q_offset", q_offset, 0)
-    if offset + nq > n:
-        raise PsparseUsageError(
-            f"q_offset={q_offset} puts query rows outside [0, n = {n}): need q_offset <= n - nq = {n - nq}")
+    nq, offset = query_rows(n, nq, q_offset)
     if num_heads is not None:
         num_heads = checked_int("num_heads", num_heads, 1)
     if layer is not None:

@@ -28,7 +28,7 @@ import torch
 from .. import ir
 from ..budgets import adaptive_split, layer_count, top_mask
 from ..errors import PsparseUsageError
-from ..args import checked_int
+from ..args import checked_int, query_rows
 
 __all__ = ["Selection", "select", "KEY_CHUNK"]
 
@@ -115,9 +115,7 @@ def select(spec_or_expr, q: torch.Tensor, k: torch.Tensor, *, scale: float | Non
         raise PsparseUsageError(f"the {Hq} query heads must be a multiple of the {Hkv} KV heads")
     if nq > n:
         raise PsparseUsageError(f"q holds {nq} rows but k only {n} positions")
-    offset = n - nq if q_offset is None else checked_int("q_offset", q_offset, 0)
-    if offset + nq > n:
-        raise PsparseUsageError(f"q_offset={offset} puts query rows outside [0, n = {n})")
+    nq, offset = query_rows(n, nq, q_offset)
     if layer is not None:
         layer = checked_int("layer", layer, 0)
     scale = D ** -0.5 if scale is None else float(scale)

@@ -7,6 +7,7 @@ import torch
 
 from .. import ir
 from ..errors import PsparseUsageError
+from ..args import checked_int, query_rows
 from .arith import single_threaded
 from .combine import tile_spaces
 from .context import Context, check_static
@@ -40,12 +41,6 @@ class _DocKey:
                 and all(torch.equal(a, b) for a, b in zip(self.runs, other.runs)))
 
 
-def _int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise PsparseUsageError(f"{name} must be an integer >= {lo}, not {v!r}")
-    return v
-
-
 def _doc(doc_ids, n: int):
     d = torch.as_tensor(doc_ids)
     if d.dim() == 2 and d.shape[0] == 1:
@@ -70,21 +65,15 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
             raise PsparseUsageError("this spec has 'heads' lines: pass head=")
         rule = spec.canonical_ir.rule_for(head, layer)
         expr = rule.expr if rule is not None else spec.pattern(head, layer)
-    _int("n", n, 0)
+    n = checked_int("n", n, 0)
     if n >= MAX_N:
         raise PsparseUsageError(f"n = {n} is beyond what plans support (< 2**40)")
-    nq = n if nq is None else _int("nq", nq, 0)
-    if nq > n:
-        raise PsparseUsageError(f"nq must be in [0, n = {n}], not {nq}")
-    q_offset = n - nq if q_offset is None else _int("q_offset", q_offset, 0)
-    if q_offset + nq > n:
-        raise PsparseUsageError(
-            f"q_offset={q_offset} puts query rows outside [0, n = {n}): need 0 <= q_offset <= n - nq")
-    _int("head_dim", head_dim, 1)
+    nq, q_offset = query_rows(n, nq, q_offset)
+    head_dim = checked_int("head_dim", head_dim, 1)
     if block_m is not None:
-        _int("block_m", block_m, 1)
+        block_m = checked_int("block_m", block_m, 1)
     if block_n is not None:
-        _int("block_n", block_n, 1)
+        block_n = checked_int("block_n", block_n, 1)
     if not isinstance(dtype, torch.dtype):
         raise PsparseUsageError(f"dtype must be a torch.dtype, not {dtype!r}")
     check_static(expr)
