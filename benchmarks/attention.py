@@ -41,18 +41,15 @@ CPU_HEADING = "## Attention (CPU)"
 CPU_SPEC = "local(512) | global([0])"
 CPU_SHAPE = dict(n=16384, B=1, H=4, D=64)
 
-CANONICAL = [
-    "causal",
-    "causal & local(1024)",
-    "local(256) | global([0])",
-    "causal & (sink(4) | local(1024))",
-    "causal & stride(128)",
-    "causal & (local(128) | stride(128))",
-    "causal & dilated(256, 4)",
-    "local(192) | global([0:64]) | random(3, block=64, seed=0)",
-    "causal & document",
-    "causal & block(2048) | sink(64)",
-]
+def _canonical_targets() -> dict[str, float]:
+    """The canonical set (spec -> work-ratio target), from canonical_set.tsv beside this file."""
+    rows = (line.split("\t") for line in
+            (Path(__file__).with_name("canonical_set.tsv")).read_text().splitlines()
+            if line and not line.startswith("#"))
+    return {spec: float(target) for target, spec in rows}
+
+
+CANONICAL = list(_canonical_targets())
 
 
 def machine() -> str:

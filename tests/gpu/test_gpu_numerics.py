@@ -13,6 +13,8 @@ H100, most of it Triton compiling the kernels (each predicate, dtype and head di
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,18 +22,9 @@ import patterndsl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-CANONICAL = [
-    "causal",
-    "causal & local(1024)",
-    "local(256) | global([0])",
-    "causal & (sink(4) | local(1024))",
-    "causal & stride(128)",
-    "causal & (local(128) | stride(128))",
-    "causal & dilated(256, 4)",
-    "local(192) | global([0:64]) | random(3, block=64, seed=0)",
-    "causal & document",
-    "causal & block(2048) | sink(64)",
-]
+CANONICAL = [line.split("\t")[1] for line in
+             (Path(__file__).resolve().parents[2] / "benchmarks" / "canonical_set.tsv")
+             .read_text().splitlines() if line and not line.startswith("#")]
 ODD_N = 4096 + 17
 TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float32: 1e-5}
 
