@@ -5,10 +5,14 @@ CPU: Triton's interpreter), and save the results for the parent to check.
 argv: module path, output path, JSON list of mask cases, JSON attention case."""
 import importlib.util
 import json
+import os
 import sys
 
+# The checkout (and its editable-install path entry) leaves sys.path, but the environment's
+# site-packages stay even when the environment lives inside the checkout (CI's .venv).
+_REPO = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.modules["patterndsl"] = None  # any `import patterndsl` now raises ImportError
-sys.path[:] = [p for p in sys.path if p and "work/main" not in p]
+sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) not in (_REPO, os.path.join(_REPO, "tests"))]
 
 import torch  # noqa: E402
 
