@@ -43,6 +43,8 @@ _NEG_INF = float("-inf")
 # strings) finds the pattern it runs.  Equal digests mean equal behaviour, so any one
 # instance per digest serves.
 _REGISTRY: dict[str, "CompiledPattern"] = {}
+# digest -> the work tally of the latest forward call (CompiledPattern.last_work)
+_LAST_WORK: dict = {}
 
 
 def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = None,
@@ -55,8 +57,12 @@ def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = No
     CUDA tensors, ``"torch"`` otherwise); ``block_m=``/``block_n=`` force the tile sizes.
 
     Data-dependent terms (``vertical(topk=..)``, ``slash(topk=..)``, ``blocks(..)``) are
-    chosen by each call from its ``q``/``k`` (:mod:`patterndsl.dynamic`), and every (batch
-    element, query head) is then planned separately: correct, not yet fast.  ``dynamic=False``
+    chosen by each call from its ``q``/``k`` (:mod:`patterndsl.dynamic`).  A line that is
+    monotone in them (no dynamic term right of ``-``) runs as its static part (planned once,
+    closed-form runs) plus one table part per term, each one launch over every batch element
+    and query head, reading per-call tables built on the device
+    (:mod:`patterndsl.dynamic.split`, :mod:`patterndsl.dynamic.tables`); other lines (and
+    lines with ``document``) are planned per (batch element, query head).  ``dynamic=False``
     refuses such specs, for callers that must never plan per call.
     ``num_layers`` is what a ``pyramid`` budget over those terms needs beside ``layer=``."""
     return CompiledPattern(spec, head_dim=head_dim, dtype=dtype, backend=backend,
@@ -116,6 +122,7 @@ class CompiledPattern:
         self.key = hashlib.sha256(text.encode()).hexdigest()[:32]
         _REGISTRY.setdefault(self.key, self)
         self._groups_cache: dict = {}
+        self._splits: dict = {}
 
     def __repr__(self) -> str:
         return f"CompiledPattern({self.spec.canonical()!r}, backend={self.backend!r})"
@@ -391,9 +398,11 @@ class CompiledPattern:
                           num_layers=self.num_layers)
 
     def _work(self, q, k, doc_ids, q_offset, layer, scale=None):
-        """Yield ``(plan, batch slice, head index tensor, kv index tensor, doc row)``: one item
-        per head group and document layout (per batch element and query head for lines with
-        data-dependent terms)."""
+        """Yield ``(plan, batch slice, head index tensor, kv index tensor, doc row, tables)``:
+        one item per head group and document layout.  ``plan`` may be None (nothing static)
+        and ``tables`` (a :class:`~patterndsl.dynamic.tables.CallTables`) holds the table
+        parts of a line with data-dependent terms; lines that cannot be split are planned per
+        batch element and query head (``tables`` None)."""
         from .plan import build_plan
         B, Hq, Nq, D = q.shape
         Hkv, Nk = k.shape[1], k.shape[2]
@@ -403,10 +412,12 @@ class CompiledPattern:
         opts["dtype"] = self.dtype if self.dtype is not None else q.dtype
         selections = None
         for expr, heads in self._head_groups(Hq, layer):
-            if expr.is_dynamic:
-                if selections is None:
-                    selections = self.selection(q, k, scale=scale, q_offset=q_offset, layer=layer)
-                yield from self._dynamic_work(expr, heads, selections, q, k, doc_ids, q_offset, opts)
+            sp = self._split(expr) if expr.is_dynamic else None
+            if expr.is_dynamic and selections is None:
+                selections = self.selection(q, k, scale=scale, q_offset=q_offset, layer=layer)
+            if expr.is_dynamic and sp is None:
+                for item in self._dynamic_work(expr, heads, selections, q, k, doc_ids, q_offset, opts):
+                    yield (*item, None)
                 continue
             hq = torch.tensor(heads, dtype=torch.int64)
             kv_of = hq // g
@@ -416,6 +427,16 @@ class CompiledPattern:
                 hk = torch.tensor(kv_set, dtype=torch.int64)
             else:
                 hk = kv_of
+            if sp is not None:
+                from .dynamic.tables import build_tables
+                plan = None
+                if not isinstance(sp.static, ir.Nothing):
+                    plan = build_plan(sp.static, Nk, nq=Nq, q_offset=q_offset, **opts)
+                tabs = build_tables(sp, selections, heads, B, Nq, Nk, q_offset,
+                                    block_m=self.tile_options.get("block_m", 64),
+                                    block_n=self.tile_options.get("block_n", 64))
+                yield plan, slice(0, B), hq, hk, None, tabs
+                continue
             splits = [(slice(0, B), None)]
             if expr.needs_doc_ids:
                 doc = doc_ids.to("cpu", torch.int64)
@@ -427,7 +448,52 @@ class CompiledPattern:
                     splits = [(slice(b, b + 1), doc[b]) for b in range(B)]
             for bs, doc in splits:
                 plan = build_plan(expr, Nk, nq=Nq, q_offset=q_offset, doc_ids=doc, **opts)
-                yield plan, bs, hq, hk, doc
+                yield plan, bs, hq, hk, doc, None
+
+    def _split(self, expr):
+        """The static and table parts of a dynamic line (None: plan per head instead)."""
+        if expr not in self._splits:
+            from .dynamic.split import split
+            self._splits[expr] = None if expr.needs_doc_ids else split(expr)
+        return self._splits[expr]
+
+    def _table_backend(self, q):
+        name = self._backend_name(q)
+        if name == "torch":
+            from .backends import torch_backend
+            return torch_backend.forward_table_part, torch_backend.backward_table_part
+        from .codegen import triton_backend
+        import functools
+        interp = name == "interpret"
+        return (functools.partial(triton_backend.forward_table_part, interpret=interp),
+                functools.partial(triton_backend.backward_table_part, interpret=interp))
+
+    @property
+    def last_work(self):
+        """The :class:`~patterndsl.dynamic.work.Work` of the latest forward call (executed
+        pairs of every part, static and table; launches), read from the device on access."""
+        tally = _LAST_WORK.get(self.key)
+        return None if tally is None else tally.result()
+
+    def work(self, q, k, *, doc_ids=None, scale=None, q_offset=None, layer: int = 0):
+        """Executed and exactly allowed pairs of a call on ``q``/``k`` (a
+        :class:`~patterndsl.dynamic.work.Work`; ``allowed_pairs`` of table parts counted
+        by their element predicates over the visited tiles, never an ``n x n`` mask)."""
+        from .dynamic.work import Tally
+        from .plan.context import Context
+        v = k
+        scale, q_offset = self._validate(q, k, v, doc_ids, None, scale, q_offset, layer)
+        tally = Tally()
+        with torch.no_grad():
+            for plan, bs, hq, hk, doc, tabs in self._work(q, k, doc_ids, q_offset, layer, scale):
+                copies = (bs.stop - bs.start) * hq.numel()
+                if plan is not None:
+                    tally.add_plan(plan, copies, allowed=True)
+                if tabs is not None:
+                    ctx = plan.context if plan is not None else Context(k.shape[2])
+                    for tp in tabs.parts:
+                        tally.add_table(tp, tabs, allowed=True, ctx=ctx)
+        return tally.result()
 
     @staticmethod
     def _dynamic_work(expr, heads, selections, q, k, doc_ids, q_offset, opts):
@@ -468,15 +534,34 @@ class CompiledPattern:
             return out.to(q.dtype), lse
         self._check_kv_lens(kv_lens, Nk)
         fwd, _, _ = self._backend(q)
-        for plan, bs, hq, hk, doc in self._work(q, k, doc_ids, q_offset, layer, scale):
+        from .dynamic.work import Tally
+        tally = Tally()
+        for plan, bs, hq, hk, doc, tabs in self._work(q, k, doc_ids, q_offset, layer, scale):
             qs, ks, vs = self._pick(q, bs, hq, Hq), self._pick(k, bs, hk, Hkv), self._pick(v, bs, hk, Hkv)
             kl = None if kv_lens is None else kv_lens[bs]
             dd = None if doc is None else doc.to(q.device)
-            o, l = _merge([fwd(part, plan, qs, ks, vs, scale=scale, kv_lens=kl, doc_ids=dd)
-                           for part in plan.parts], qs, vs)
+            results = []
+            if plan is not None:
+                tally.add_plan(plan, (bs.stop - bs.start) * hq.numel())
+                results = [fwd(part, plan, qs, ks, vs, scale=scale, kv_lens=kl, doc_ids=dd)
+                           for part in plan.parts]
+            if tabs is not None:
+                tfwd, _ = self._table_backend(q)
+                ctx = self._table_context(plan, Nk)
+                for tp in tabs.parts:
+                    tally.add_table(tp, tabs)
+                    results.append(tfwd(tp, tabs, qs, ks, vs, scale=scale, kv_lens=kl, ctx=ctx))
+            o, l = _merge(results, qs, vs)
             out[bs].index_copy_(1, hq.to(q.device), o)
             lse[bs].index_copy_(1, hq.to(q.device), l)
+        # The custom op runs the registry's instance of this digest: record by digest.
+        _LAST_WORK[self.key] = tally
         return out.to(q.dtype), lse
+
+    @staticmethod
+    def _table_context(plan, n):
+        from .plan.context import Context
+        return plan.context if plan is not None else Context(n)
 
     def _backward(self, q, k, v, out, lse, dout, dlse, doc_ids, kv_lens, scale, q_offset, layer):
         B, Hq, Nq, _ = q.shape
@@ -493,7 +578,7 @@ class CompiledPattern:
                 raise PsparseUsageError("this backend cannot differentiate through the "
                                         "log-sum-exp; use backend='torch'")
             dlse = None
-        for plan, bs, hq, hk, doc in self._work(q, k, doc_ids, q_offset, layer, scale):
+        for plan, bs, hq, hk, doc, tabs in self._work(q, k, doc_ids, q_offset, layer, scale):
             qs, ks, vs = self._pick(q, bs, hq, Hq), self._pick(k, bs, hk, Hkv), self._pick(v, bs, hk, Hkv)
             os_, ls, ds = self._pick(out, bs, hq, Hq), self._pick(lse, bs, hq, Hq), self._pick(dout, bs, hq, Hq)
             extra = {}
@@ -501,10 +586,18 @@ class CompiledPattern:
                 extra["dlse"] = self._pick(dlse, bs, hq, Hq)
             kl = None if kv_lens is None else kv_lens[bs]
             dd = None if doc is None else doc.to(q.device)
+            grads = []
+            for part in (plan.parts if plan is not None else ()):
+                grads.append(bwd(part, plan, qs, ks, vs, os_, ls, ds, scale=scale, kv_lens=kl,
+                                 doc_ids=dd, **extra))
+            if tabs is not None:
+                _, tbwd = self._table_backend(q)
+                ctx = self._table_context(plan, Nk)
+                for tp in tabs.parts:
+                    grads.append(tbwd(tp, tabs, qs, ks, vs, os_, ls, ds, scale=scale, kv_lens=kl,
+                                      ctx=ctx, **extra))
             gq = gk = gv = None
-            for part in plan.parts:
-                a, b_, c = bwd(part, plan, qs, ks, vs, os_, ls, ds, scale=scale, kv_lens=kl,
-                               doc_ids=dd, **extra)
+            for a, b_, c in grads:
                 gq = a if gq is None else gq + a
                 gk = b_ if gk is None else gk + b_
                 gv = c if gv is None else gv + c

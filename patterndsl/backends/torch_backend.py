@@ -275,3 +275,188 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     # dS carried no scale: dq = scale * dS K; dk = dS^T (scale * Q) is already scaled.
     dq = _unlayout_q(dq.mul_(scale).view(B, Hkv, w.Nq, g, D), w.Hq)
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------
+# Table parts of dynamic lines (patterndsl.dynamic.tables)
+# ---------------------------------------------------------------------------
+
+def _table_slots(tp, q_offset, nq, n):
+    """Per (table row, query tile) the visited key positions: ``(qpos [T, bm], kpos
+    [BH, T, W])`` int64 with ``-1`` for padding (rows past a tile's end, key slots past
+    its list, keys outside ``[0, n)`` and outside a block's own keys).  A host read sizes
+    ``W`` (the torch backend plans on the host anyway)."""
+    dev = tp.lo.device
+    first, end = tp.tile_rows(q_offset, nq)
+    ar_m = torch.arange(tp.block_m, device=dev)
+    qpos = first.view(-1, 1) + ar_m
+    qpos = torch.where(qpos < end.view(-1, 1), qpos, -1)
+    lo, hi = tp.lo.long(), tp.hi.long()
+    cnt = (hi - lo).clamp(min=0)
+    BH, T = lo.shape
+    width = int(cnt.max()) if cnt.numel() else 0
+    lst = tp.list.long()
+    if width == 0:
+        return qpos, torch.full((BH, T, 0), -1, dtype=torch.int64, device=dev)
+    j = torch.arange(width, device=dev)
+    take = j.view(1, 1, -1) < cnt.unsqueeze(-1)                        # [BH, T, width]
+    at = (lo.unsqueeze(-1) + j).clamp(max=max(lst.shape[1] - 1, 0))
+    items = torch.gather(lst, 1, at.view(BH, -1)).view(BH, T, width)
+    if tp.mode == 0:
+        return qpos, torch.where(take, items, -1)
+    if tp.mode == 1:
+        ar_n = torch.arange(tp.block_n, device=dev)
+        start = first.view(1, -1, 1) + tp.block_m - (items + 1) * tp.block_n
+        kpos = start.unsqueeze(-1) + ar_n                              # [BH, T, width, bn]
+        ok = take.unsqueeze(-1) & (kpos >= 0) & (kpos < n)
+        return qpos, torch.where(ok, kpos, -1).view(BH, T, -1)
+    nwb = -(-tp.bsize // tp.block_n)
+    ar = torch.arange(nwb * tp.block_n, device=dev)
+    kpos = items.unsqueeze(-1) * tp.bsize + ar                         # [BH, T, width, nwb*bn]
+    ok = take.unsqueeze(-1) & (ar < tp.bsize) & (kpos < n)
+    return qpos, torch.where(ok, kpos, -1).view(BH, T, -1)
+
+
+class _TableWalk:
+    """The chunks (query tiles) of one table part with their gathered rows and keys."""
+
+    def __init__(self, tp, tabs, q, k, kv_lens, ctx, chunk_bytes, factor):
+        from ..dynamic.predicate import evaluate
+        self.tp, self.tabs, self.ctx, self.evaluate = tp, tabs, ctx, evaluate
+        B, G, Nq, D = q.shape
+        Gk, Nk = k.shape[1], k.shape[2]
+        self.B, self.G, self.Gk, self.g = B, G, Gk, G // Gk
+        self.Nq, self.Nk, self.D = Nq, Nk, D
+        self.BH = B * G
+        self.dev = q.device
+        self.q_offset = tabs.q_offset
+        self.qpos, self.kpos = _table_slots(tp, tabs.q_offset, Nq, Nk)
+        self.T, self.W = self.qpos.shape[0], self.kpos.shape[2]
+        bh = torch.arange(self.BH, device=self.dev)
+        self.bh = bh
+        # each table row's KV row in k viewed as [B * Gk, Nk, ...]
+        self.kvrow = torch.div(bh, G, rounding_mode="floor") * Gk + \
+            torch.div(bh % G, self.g, rounding_mode="floor")
+        self.kv_lens = None if kv_lens is None else \
+            kv_lens.to(self.dev, torch.int64).repeat_interleave(G)     # [BH]
+        budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        per_tile = max(1, self.BH * tp.block_m * max(self.W, 1) * 4 * factor)
+        self.step = max(1, budget // per_tile)
+
+    def chunks(self):
+        for t0 in range(0, self.T, self.step):
+            t1 = min(self.T, t0 + self.step)
+            yield t0, t1
+
+    def gather(self, t0, t1, qf, kf):
+        """(rows [T', bm] (clamped), keys [BH, T', W] (clamped), allowed [BH, T', bm, W],
+        q tile [BH, T', bm, D], k tile [BH, T', W, D])."""
+        qp, kp = self.qpos[t0:t1], self.kpos[:, t0:t1]
+        rows = (qp - self.q_offset).clamp(min=0)
+        kc = kp.clamp(min=0)
+        bhv = self.bh.view(-1, 1, 1, 1)
+        allowed = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
+        if self.W:
+            pred = self.evaluate(self.tp.predicate, qp.clamp(min=0)[None, :, :, None],
+                                 kc[:, :, None, :], bhv, self.ctx, self.tabs)
+            allowed = allowed & pred
+        if self.kv_lens is not None:
+            allowed = allowed & (kp < self.kv_lens.view(-1, 1, 1))[:, :, None, :]
+        qc = qf[self.bh.view(-1, 1, 1), rows.unsqueeze(0)]                # [BH, T', bm, D]
+        kt = kf[self.kvrow.view(-1, 1, 1), kc]                            # [BH, T', W, D]
+        return rows, kc, allowed, qc, kt
+
+
+def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, chunk_bytes=None):
+    """``(out_p, lse_p)`` of one table part, float32 ``[B, G, Nq, Dv]`` / ``[B, G, Nq]``
+    (``q`` holds the line's ``G`` query heads, ``k``/``v`` their KV heads)."""
+    w = _TableWalk(tp, tabs, q, k, kv_lens, ctx, chunk_bytes, 2)
+    B, G, Nq, D = q.shape
+    Dv = v.shape[3]
+    qf = q.to(torch.float32).reshape(w.BH, Nq, D) * scale
+    kf = k.to(torch.float32).reshape(B * w.Gk, w.Nk, D)
+    vf = v.to(torch.float32).reshape(B * w.Gk, w.Nk, Dv)
+    out = torch.zeros((w.BH, Nq + 1, Dv), dtype=torch.float32, device=w.dev)
+    lse = torch.full((w.BH, Nq + 1), _NEG_INF, dtype=torch.float32, device=w.dev)
+    for t0, t1 in w.chunks():
+        if w.W == 0:
+            break
+        rows, kc, allowed, qc, kt = w.gather(t0, t1, qf, kf)
+        s = torch.matmul(qc, kt.transpose(-1, -2)).masked_fill_(~allowed, _NEG_INF)
+        m = s.amax(-1)
+        m_safe = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
+        p = s.sub_(m_safe.unsqueeze(-1)).exp_()
+        l = p.sum(-1)
+        o = torch.matmul(p, vf[w.kvrow.view(-1, 1, 1), kc])             # [BH, T', bm, Dv]
+        has = l > 0
+        o = o / torch.where(has, l, torch.ones_like(l)).unsqueeze(-1)
+        lrow = torch.where(has, m_safe + torch.log(torch.where(has, l, torch.ones_like(l))),
+                           torch.full_like(l, _NEG_INF))
+        dest = torch.where(w.qpos[t0:t1] >= 0, rows, Nq).reshape(-1)   # padding -> spare row
+        out.scatter_(1, dest.view(1, -1, 1).expand(w.BH, -1, Dv), o.reshape(w.BH, -1, Dv))
+        lse.scatter_(1, dest.view(1, -1).expand(w.BH, -1), lrow.reshape(w.BH, -1))
+    return (out[:, :Nq].reshape(B, G, Nq, Dv), lse[:, :Nq].reshape(B, G, Nq))
+
+
+def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=None, ctx=None,
+                        dlse=None, chunk_bytes=None):
+    """Float32 ``(dq, dk, dv)`` of one table part given the final merged ``out``/``lse``."""
+    w = _TableWalk(tp, tabs, q, k, kv_lens, ctx, chunk_bytes, 4)
+    B, G, Nq, D = q.shape
+    Dv = v.shape[3]
+    Nk = w.Nk
+    qf = q.to(torch.float32).reshape(w.BH, Nq, D) * scale
+    kf = k.to(torch.float32).reshape(B * w.Gk, Nk, D)
+    vf = v.to(torch.float32).reshape(B * w.Gk, Nk, Dv)
+    dof = dout.to(torch.float32).reshape(w.BH, Nq, Dv)
+    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(torch.float32)
+    delta = delta.reshape(w.BH, Nq)
+    lse = lse.to(torch.float32).reshape(w.BH, Nq)
+    lse_eff = torch.where(lse == _NEG_INF, torch.full_like(lse, float("inf")), lse)
+    dq = torch.zeros((w.BH, Nq + 1, D), dtype=torch.float32, device=w.dev)
+    dk = torch.zeros((B * w.Gk * Nk, D), dtype=torch.float32, device=w.dev)
+    dv = torch.zeros((B * w.Gk * Nk, Dv), dtype=torch.float32, device=w.dev)
+    bhv = w.bh.view(-1, 1, 1)
+    for t0, t1 in w.chunks():
+        if w.W == 0:
+            break
+        rows, kc, allowed, qc, kt = w.gather(t0, t1, qf, kf)
+        s = torch.matmul(qc, kt.transpose(-1, -2))
+        p = torch.exp(s - lse_eff[bhv, rows.unsqueeze(0)].unsqueeze(-1)).masked_fill_(~allowed, 0.0)
+        do = dof[bhv, rows.unsqueeze(0)]                                  # [BH, T', bm, Dv]
+        vt = vf[w.kvrow.view(-1, 1, 1), kc]
+        dv_c = torch.matmul(p.transpose(-1, -2), do)                      # [BH, T', W, Dv]
+        dp = torch.matmul(do, vt.transpose(-1, -2))
+        ds = p * (dp - delta[bhv, rows.unsqueeze(0)].unsqueeze(-1))
+        dq_c = torch.matmul(ds, kt)
+        dk_c = torch.matmul(ds.transpose(-1, -2), qc)
+        dest = torch.where(w.qpos[t0:t1] >= 0, rows, Nq).reshape(-1)
+        dq.index_add_(1, dest, dq_c.reshape(w.BH, -1, D))
+        flat = (w.kvrow.view(-1, 1, 1) * Nk + kc).reshape(-1)
+        dk.index_add_(0, flat, dk_c.reshape(-1, D))
+        dv.index_add_(0, flat, dv_c.reshape(-1, Dv))
+    dq = dq[:, :Nq].mul_(scale).reshape(B, G, Nq, D)
+    return dq, dk.view(B, w.Gk, Nk, D), dv.view(B, w.Gk, Nk, Dv)
+
+
+def count_table_part(tp, tabs, ctx, chunk_bytes=None):
+    """int64 scalar tensor: the pairs one table part allows (over every table row), by its
+    element predicate on the visited slots, a chunk of query tiles at a time."""
+    from ..dynamic.predicate import evaluate
+    qpos, kpos = _table_slots(tp, tabs.q_offset, tabs.nq, tabs.n)
+    BH, T, W = kpos.shape
+    total = torch.zeros((), dtype=torch.int64, device=kpos.device)
+    if W == 0:
+        return total
+    budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    step = max(1, budget // max(1, BH * tp.block_m * W * 8))
+    bh = torch.arange(BH, device=kpos.device).view(-1, 1, 1, 1)
+    for t0 in range(0, T, step):
+        qp, kp = qpos[t0:t0 + step], kpos[:, t0:t0 + step]
+        ok = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
+        ok = ok & evaluate(tp.predicate, qp.clamp(min=0)[None, :, :, None],
+                           kp.clamp(min=0)[:, :, None, :], bh, ctx, tabs)
+        total += ok.sum()
+    return total
