@@ -249,3 +249,66 @@ def bind(expr: ir.Expr, ctx):
         table[offset:offset + t.numel()] = t.reshape(-1).to(torch.int32)
     return w.params, table
 
+
+
+# ---------------------------------------------------------------------------
+# Dynamic atoms (table parts of lines with data-dependent terms)
+# ---------------------------------------------------------------------------
+
+class _DynWalker(_Walker):
+    """:class:`_Walker` that also emits the dynamic atoms as reads of a call's tables
+    (:class:`patterndsl.dynamic.tables.CallTables`): ``vertical``/``slash`` test one byte
+    of their bitmap in the ``DYN`` row ``dyn_row``, ``blocks`` compares the key block with
+    the ``W`` listed blocks of the query's block in the ``BLK`` row ``blk_row``.  Table
+    offsets, widths and ``n`` are ``_prm`` parameters, so the text depends on the
+    structure only."""
+
+    def __init__(self, ctx=None, tabs=None):
+        super().__init__(ctx)
+        self.tabs = tabs
+
+    def node(self, e, q, k, ctx, nexpr="n"):
+        if not isinstance(e, ir.DYNAMIC_TYPES):
+            return super().node(e, q, k, ctx, nexpr)
+        tabs = self.tabs
+        if isinstance(e, ir.TopBlocks):
+            lay = (lambda j: tabs.blk_layout[e][j]) if tabs is not None else None
+            off = self.param(lambda: lay(0), "")
+            width = self.param(lambda: lay(1), "")
+            first = self.param(lambda: lay(2), "")
+            last_row = self.param(lambda: max(lay(4) - 1, 0), "")
+            b = self.param(lambda: lay(3), "")
+            qb = self.let(f"{q} // {b}")
+            kb = self.let(f"{k} // {b}")
+            row = self.let(f"tl.minimum(tl.maximum({qb} - {first}, 0), {last_row})")
+            hit = self.let(f"({qb} < 0) & ({kb} < 0)")
+            j = self.tmp()
+            self.body.append(f"for {j} in range(0, {width}):")
+            self.body.append(f"    {hit} = {hit} | (tl.load(BLK + blk_row + {off} + {row} * {width} + {j}) == {kb})")
+            return hit
+        off = self.param(lambda: tabs.layout[e], "")
+        if isinstance(e, ir.TopVertical):
+            return self.let(f"(tl.load(DYN + dyn_row + {off} + {k}) != 0) & ({q} >= 0)")
+        n = self.param(lambda: tabs.n, "")
+        d = self.let(f"{q} - {k}")
+        ok = self.let(f"({d} >= 0) & ({d} < {n})")
+        return self.let(f"{ok} & (tl.load(DYN + dyn_row + {off} + tl.where({ok}, {d}, 0)) != 0)")
+
+
+def emit_dynamic(expr: ir.Expr, q: str = "qc", k: str = "kc") -> Predicate:
+    """Like :func:`emit` for an expression that may hold dynamic terms (Triton only)."""
+    w = _DynWalker()
+    result = w.node(expr, q, k, None)
+    setup = tuple(f"_prm{i} = {w.load('PRM', str(i))}" for i in range(w.num_params))
+    return Predicate(setup, tuple(w.body), result, w.num_params, w.uses_doc, w.uses_table)
+
+
+def bind_dynamic(expr: ir.Expr, ctx, tabs):
+    """``(params, table)`` of :func:`emit_dynamic`'s predicate for a call's tables."""
+    import torch
+    w = _DynWalker(ctx, tabs)
+    w.node(expr, "qc", "kc", ctx)
+    table = torch.full((max(w.table_size, 1),), -1, dtype=torch.int32)
+    for offset, t in w.tables:
+        table[offset:offset + t.numel()] = t.reshape(-1).to(torch.int32)
+    return w.params, table

@@ -46,3 +46,16 @@ def kernel_source(expr: ir.Expr) -> tuple[str, str]:
         name=name, pred=pred, uses_doc=pred.uses_doc,
         canonical_repr=repr(canonical_text(expr)))
     return name, src
+
+
+@lru_cache(maxsize=256)
+def table_kernel_source(expr: ir.Expr) -> tuple[str, str]:
+    """``(name, source)`` of the module holding ``{name}_tfwd`` and ``{name}_tbwd``: the
+    kernels of one table part whose element predicate is ``expr`` (which may hold dynamic
+    terms, read from the call's tables)."""
+    from .emit import emit_dynamic
+    pred = emit_dynamic(expr)
+    name = kernel_name(pred).replace("psparse_", "psparse_t_", 1)
+    src = environment().get_template("kernels_tables.py.jinja").render(
+        name=name, pred=pred, canonical_repr=repr(canonical_text(expr)))
+    return name, src

@@ -350,3 +350,108 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
         float(scale) * 1.4426950408889634, float(scale),
     ), dict(S=int(lo.shape[1]), HAS_PARTIAL=has_partial, **common))
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------
+# Table parts of lines with data-dependent terms (patterndsl.dynamic.tables)
+# ---------------------------------------------------------------------------
+
+def table_kernel_module(expr: ir.Expr):
+    """The imported module of a table part's kernels (cached in-process)."""
+    from .render import table_kernel_source
+    name, src = table_kernel_source(ir.strip_spans(expr))
+    with _LOCK:
+        mod = _MODULES.get(name)
+        if mod is None:
+            path = _materialise(name, src)
+            modname = f"_psparse_kernels_{path.stem}"
+            spec = importlib.util.spec_from_file_location(modname, str(path))
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[modname] = mod
+            spec.loader.exec_module(mod)
+            _MODULES[name] = mod
+    return name, mod
+
+
+def _table_kernel(expr, which, interpret):
+    name, mod = table_kernel_module(expr)
+    fn = getattr(mod, f"{name}_{which}")
+    if not interpret:
+        return fn
+    with _LOCK:
+        key = (name, which)
+        if key not in _INTERPRETED:
+            from triton.runtime.interpreter import InterpretedFunction
+            _INTERPRETED[key] = fn if isinstance(fn, InterpretedFunction) else InterpretedFunction(fn.fn)
+        return _INTERPRETED[key]
+
+
+def _table_common(tp, tabs, q, k, v, kv_lens, ctx):
+    import torch
+    from .emit import bind_dynamic
+    B, G, Nq, D = q.shape
+    Gk, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    if Nk > CAP:
+        raise PsparseUsageError(f"sequences longer than {CAP} positions are not supported")
+    dev = q.device
+    params, table = bind_dynamic(tp.predicate, ctx, tabs)
+    prm = torch.tensor(params or [0], dtype=torch.int32, device=dev)
+    kvl = kv_lens.to(device=dev, dtype=torch.int32) if kv_lens is not None else prm
+    args = (prm, table.to(dev), tabs.dyn, tabs.blk, kvl, tp.list, tp.lo, tp.hi)
+    geometry = (tabs.dyn.stride(0), tabs.blk.stride(0), tp.list.stride(0), tp.num_tiles,
+                G, G // Gk, D, Dv, tabs.q_offset, Nq, Nk, max(tp.bsize, 1), tp.sub_tiles,
+                tp.first_block, -(-tp.bsize // tp.block_n) if tp.mode == 2 else 1)
+    consts = dict(MODE=tp.mode, BLOCK_M=tp.block_m, BLOCK_N=tp.block_n, BLOCK_D=_pow2(D),
+                  BLOCK_DV=_pow2(Dv), HAS_KV_LENS=kv_lens is not None)
+    return args, geometry, consts
+
+
+def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, interpret=False):
+    """``(out_p, lse_p)`` of one table part: ONE launch over (query tiles, B x G)."""
+    import torch
+    B, G, Nq, D = q.shape
+    Dv = v.shape[-1]
+    out = torch.zeros((B, G, Nq, Dv), dtype=torch.float32, device=q.device)
+    lse = torch.full((B, G, Nq), float("-inf"), dtype=torch.float32, device=q.device)
+    grid = (tp.num_tiles, B * G)
+    if grid[0] == 0 or grid[1] == 0:
+        return out, lse
+    fn = _table_kernel(tp.predicate, "tfwd", interpret)
+    interpret = _interpreted(fn, q)
+    args, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
+    _launch(fn, grid, interpret, (
+        q, k, v, out, lse, *args,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+        *geometry, float(scale) * 1.4426950408889634,
+    ), dict(**consts, **_prec(q, interpret)))
+    return out, lse
+
+
+def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=None, ctx=None,
+                        dlse=None, interpret=False):
+    """``(dq, dk, dv)`` float32 of one table part (dK/dV by float32 atomics): one launch."""
+    import torch
+    B, G, Nq, D = q.shape
+    Gk, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    dq = torch.zeros((B, G, Nq, D), dtype=torch.float32, device=q.device)
+    dk = torch.zeros((B, Gk, Nk, D), dtype=torch.float32, device=q.device)
+    dv = torch.zeros((B, Gk, Nk, Dv), dtype=torch.float32, device=q.device)
+    grid = (tp.num_tiles, B * G)
+    if grid[0] == 0 or grid[1] == 0:
+        return dq, dk, dv
+    lse32 = lse.to(torch.float32).contiguous()
+    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(torch.float32)
+    delta = delta.contiguous()
+    do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
+    fn = _table_kernel(tp.predicate, "tbwd", interpret)
+    interpret = _interpreted(fn, q)
+    args, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
+    _launch(fn, grid, interpret, (
+        q, k, v, do, lse32, delta, dq, dk, dv, *args,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse32.stride(),
+        *dq.stride(), *dk.stride(), *dv.stride(),
+        *geometry, float(scale) * 1.4426950408889634, float(scale),
+    ), dict(**consts, **_prec(q, interpret)))
+    return dq, dk, dv
