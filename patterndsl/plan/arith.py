@@ -8,41 +8,10 @@ residue class inside a band, summed over rows" into a handful of vector operatio
 """
 from __future__ import annotations
 
-from math import gcd
-
 import torch
 
-# Unbounded interval ends.  Far above any position (n < 2**40 is enforced by the builder)
-# and far below int64 overflow even after a few additions.
-INF = 1 << 50
-
-
-def lcm(a: int, b: int) -> int:
-    return a // gcd(a, b) * b
-
-
-def crt(r1: int, m1: int, r2: int, m2: int):
-    """The class ``x = r (mod m)`` with ``x = r1 (mod m1)`` and ``x = r2 (mod m2)``, or None."""
-    g = gcd(m1, m2)
-    if (r2 - r1) % g:
-        return None
-    m = m1 // g * m2
-    # x = r1 + m1 * t with m1 * t = r2 - r1 (mod m2)  ->  t = (r2 - r1)/g * inv(m1/g) mod m2/g
-    mg = m2 // g
-    t = ((r2 - r1) // g) * pow(m1 // g, -1, mg) % mg if mg > 1 else 0
-    return (r1 + m1 * t) % m, m
-
-
-def fdiv(a, b):
-    """Floor division for tensors (and ints)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.div(a, b, rounding_mode="floor")
-    return a // b
-
-
-def cdiv(a, b):
-    """Ceiling division for tensors (and ints)."""
-    return -fdiv(-a, b)
+from .runtime import (INF, cdiv, crt, fdiv, largest_pow2_divisor, lcm, pick, pow2_floor,  # noqa: F401
+                      single_threaded)
 
 
 def floor_sum(cnt: torch.Tensor, m: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,45 +44,3 @@ def floor_sum(cnt: torch.Tensor, m: torch.Tensor, a: torch.Tensor, b: torch.Tens
         qb = fdiv(b, m)
         b = b - qb * m
         ans = ans + qa * (cnt * (cnt - 1) // 2) + qb * cnt
-
-
-def pow2_floor(x: int) -> int:
-    """The largest power of two <= x (x >= 1)."""
-    return 1 << (max(int(x), 1).bit_length() - 1)
-
-
-def largest_pow2_divisor(x: int) -> int:
-    return x & -x
-
-
-def single_threaded(fn):
-    """Run ``fn`` with one intra-op thread, restoring the caller's setting.
-
-    Plans work on arrays of about n / block entries: far too small for a thread pool to
-    pay, and on a busy machine the pool's synchronisation costs ten times the work."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        before = torch.get_num_threads()
-        if before == 1:
-            return fn(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-    return wrapper
-
-
-def pick(cond: torch.Tensor, a, b) -> torch.Tensor:
-    """``torch.where(cond, a, b)`` for int64 operands (tensors or ints), by arithmetic.
-
-    On CPU, torch.where and masked_fill run several times slower than plain elementwise
-    arithmetic; plans are made of such selections over ``[tiles, runs]`` arrays."""
-    c = cond.to(torch.int64)
-    if isinstance(b, int):
-        if b == 0:
-            return a * c
-        return (a - b) * c + b
-    return b + (a - b) * c

@@ -9,13 +9,9 @@ from .. import ir
 from ..errors import PsparseUsageError
 from ..args import checked_int, query_rows
 from .arith import single_threaded
-from .combine import tile_spaces
 from .context import Context, check_static
 from .model import Part, Plan
-from .parts import disjoint_parts
-from .runs import tile_runs
-from .tiles import choose
-from .views import IDENTITY, Geom
+from .runtime import plan_parts
 
 MAX_N = 1 << 40
 
@@ -90,24 +86,10 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
 def _cached(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, doc_key) -> Plan:
     ctx = Context(n, doc_key.doc if doc_key is not None else None,
                   doc_runs=doc_key.doc_runs if doc_key is not None else None)
-    parts = []
-    plain = None
-    for kind, pred in disjoint_parts(expr, n):
-        a, b = kind.rows(q_offset, q_offset + nq)
-        bm, bn = choose(pred, kind, n, b - a, head_dim, dtype)
-        bm, bn = block_m or bm, block_n or bn
-        qv, kv = kind.views(q_offset, q_offset + nq, n, bm, bn)
-        g = Geom.make(kind, qv, kv, n)
-        hull, core = tile_spaces(pred, g, ctx, clip=False)
-        lo, hi, full = tile_runs(hull, core, g)
-        if kind == IDENTITY:
-            plain = (bm, bn)
-        if bool((hi > lo).any()):
-            parts.append(Part(pred, kind, qv, kv, lo, hi, full, ctx))
-    if plain is None:
-        plain = choose(expr, IDENTITY, n, nq, head_dim, dtype)
-    bm, bn = block_m or plain[0], block_n or plain[1]
-    return Plan(expr, n, nq, q_offset, bm, bn, head_dim, dtype, tuple(parts), ctx)
+    runs, (bm, bn) = plan_parts(expr, n, nq, q_offset, head_dim, dtype, block_m, block_n, ctx, ir)
+    parts = tuple(Part(p.predicate, p.view, p.q_view, p.k_view, p.kv_lo, p.kv_hi, p.kv_full, ctx)
+                  for p in runs)
+    return Plan(expr, n, nq, q_offset, bm, bn, head_dim, dtype, parts, ctx)
 
 
 def clear_cache() -> None:

@@ -1,0 +1,1974 @@
+"""The plan runtime: psparse's planner as pure torch functions over a small node algebra.
+
+This file is the single source of the closed-form planner (docs/PLAN.md, sections 1, 4 and
+5).  It imports only torch, math and the standard library, so that two consumers share it:
+
+* the package (``patterndsl.plan``): ``build_plan`` runs :func:`plan_parts` on the canonical
+  ``ir.Expr`` and wraps the result in :class:`~patterndsl.plan.model.Plan`;
+* the self-contained kernel modules (``psparse compile``): the renderer inlines this file's
+  text verbatim and adds each pattern's *plan program*, the expression spelled with the
+  node classes below (only class names and validated integers), so a module computes the
+  very same parts, views and runs as ``Spec.plan`` without importing psparse.
+
+Nodes are dispatched by class name (``_k``) and read by field name, so the package's
+``ir`` classes and the frozen dataclasses below are interchangeable; the one place that
+builds new nodes (splitting a pattern into parts) takes the namespace to build them from.
+:func:`owner_program` describes, per length, which part owns each allowed pair: the data
+a module's generic per-pattern kernels need to evaluate any part's predicate.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from math import gcd
+
+import torch
+
+try:
+    from ..errors import PsparseUsageError as UsageError
+except ImportError:   # inlined into a generated module: psparse is not importable there
+    class UsageError(ValueError):
+        """A pattern used wrongly at call time (missing doc_ids, bad index sets...)."""
+
+
+def _k(node) -> str:
+    return type(node).__name__
+
+
+# ---------------------------------------------------------------------------
+# Nodes (the package passes its own ``ir`` classes, which have the same names and fields)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Slice:
+    start: int | None
+    stop: int | None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class IndexSet:
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Expr:
+    def children(self) -> tuple:
+        return ()
+
+    def walk(self):
+        yield self
+        for c in self.children():
+            yield from c.walk()
+
+    @property
+    def needs_doc_ids(self) -> bool:
+        return any(_k(x) == "Document" for x in self.walk())
+
+
+@dataclass(frozen=True)
+class All(Expr):
+    pass
+
+
+@dataclass(frozen=True)
+class Nothing(Expr):
+    pass
+
+
+@dataclass(frozen=True)
+class Causal(Expr):
+    pass
+
+
+@dataclass(frozen=True)
+class Local(Expr):
+    left: int
+    right: int
+
+
+@dataclass(frozen=True)
+class Block(Expr):
+    size: int
+
+
+@dataclass(frozen=True)
+class Stride(Expr):
+    step: int
+
+
+@dataclass(frozen=True)
+class Dilated(Expr):
+    width: int
+    dilation: int
+
+
+@dataclass(frozen=True)
+class Every(Expr):
+    step: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Rows(Expr):
+    index: IndexSet
+
+
+@dataclass(frozen=True)
+class Cols(Expr):
+    index: IndexSet
+
+
+@dataclass(frozen=True)
+class Global(Expr):
+    index: IndexSet
+
+
+@dataclass(frozen=True)
+class Sink(Expr):
+    count: int
+
+
+@dataclass(frozen=True)
+class Slash(Expr):
+    offsets: IndexSet
+
+
+@dataclass(frozen=True)
+class Prefix(Expr):
+    length: int
+
+
+@dataclass(frozen=True)
+class Document(Expr):
+    pass
+
+
+@dataclass(frozen=True)
+class Random(Expr):
+    count: int
+    block: int = 64
+    seed: int = 0
+    causal: bool = False
+
+
+@dataclass(frozen=True)
+class Blockwise(Expr):
+    block: int
+    expr: Expr
+
+    def children(self):
+        return (self.expr,)
+
+
+@dataclass(frozen=True)
+class Union(Expr):
+    terms: tuple
+
+    def children(self):
+        return self.terms
+
+
+@dataclass(frozen=True)
+class Intersect(Expr):
+    terms: tuple
+
+    def children(self):
+        return self.terms
+
+
+@dataclass(frozen=True)
+class Difference(Expr):
+    left: Expr
+    right: Expr
+
+    def children(self):
+        return (self.left, self.right)
+
+
+class NODES:
+    """The node namespace of this file, for :func:`plan_parts` (the package passes ``ir``)."""
+    Slice, IndexSet, Nothing, Rows, Cols, Slash = Slice, IndexSet, Nothing, Rows, Cols, Slash
+    Union, Intersect, Difference = Union, Intersect, Difference
+
+
+# ---------------------------------------------------------------------------
+# Integer helpers
+# ---------------------------------------------------------------------------
+
+# Unbounded interval ends.  Far above any position (n < 2**40 is enforced by the builder)
+# and far below int64 overflow even after a few additions.
+INF = 1 << 50
+
+
+def lcm(a: int, b: int) -> int:
+    return a // gcd(a, b) * b
+
+
+def crt(r1: int, m1: int, r2: int, m2: int):
+    """The class ``x = r (mod m)`` with ``x = r1 (mod m1)`` and ``x = r2 (mod m2)``, or None."""
+    g = gcd(m1, m2)
+    if (r2 - r1) % g:
+        return None
+    m = m1 // g * m2
+    # x = r1 + m1 * t with m1 * t = r2 - r1 (mod m2)  ->  t = (r2 - r1)/g * inv(m1/g) mod m2/g
+    mg = m2 // g
+    t = ((r2 - r1) // g) * pow(m1 // g, -1, mg) % mg if mg > 1 else 0
+    return (r1 + m1 * t) % m, m
+
+
+def fdiv(a, b):
+    """Floor division for tensors (and ints)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.div(a, b, rounding_mode="floor")
+    return a // b
+
+
+def cdiv(a, b):
+    """Ceiling division for tensors (and ints)."""
+    return -fdiv(-a, b)
+
+
+def pow2_floor(x: int) -> int:
+    """The largest power of two <= x (x >= 1)."""
+    return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+def largest_pow2_divisor(x: int) -> int:
+    return x & -x
+
+
+def single_threaded(fn):
+    """Run ``fn`` with one intra-op thread, restoring the caller's setting.
+
+    Plans work on arrays of about n / block entries: far too small for a thread pool to
+    pay, and on a busy machine the pool's synchronisation costs ten times the work."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        if before == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper
+
+
+def pick(cond: torch.Tensor, a, b) -> torch.Tensor:
+    """``torch.where(cond, a, b)`` for int64 operands (tensors or ints), by arithmetic.
+
+    On CPU, torch.where and masked_fill run several times slower than plain elementwise
+    arithmetic; plans are made of such selections over ``[tiles, runs]`` arrays."""
+    c = cond.to(torch.int64)
+    if isinstance(b, int):
+        if b == 0:
+            return a * c
+        return (a - b) * c + b
+    return b + (a - b) * c
+
+
+def cap(x: int, n: int) -> int:
+    """Window-like arguments may be huge; every position and |q - k| is below n, so capping
+    at max(n, 1) keeps the meaning and keeps values inside int64."""
+    return min(x, max(n, 1))
+
+
+# ---------------------------------------------------------------------------
+# Index sets (``rows``/``cols``/``global``) and offset sets (``slash``) as progressions
+# ``(start, stop, step)``, ascending, ``stop == last + 1``
+# ---------------------------------------------------------------------------
+
+Prog = tuple  # (start, stop, step)
+
+
+def _prog(r: range) -> Prog | None:
+    """``range`` -> ascending canonical progression, or None when empty."""
+    if len(r) == 0:
+        return None
+    first, last = (r[0], r[-1]) if r.step > 0 else (r[-1], r[0])
+    step = abs(r.step) if len(r) > 1 else 1
+    return (first, last + 1, step)
+
+
+def _clip(p: Prog, lo: int, hi: int) -> Prog | None:
+    """Elements of ``p`` in ``[lo, hi)``."""
+    start, stop, step = p
+    if start < lo:
+        start += -(-(lo - start) // step) * step
+    stop = min(stop, hi)
+    if start >= stop:
+        return None
+    last = start + (stop - 1 - start) // step * step
+    return (start, last + 1, step if last > start else 1)
+
+
+@lru_cache(maxsize=1024)
+def resolve_index(index: IndexSet, n: int) -> tuple[Prog, ...]:
+    """The positions an index set selects at length ``n`` (LANGUAGE.md: Python slice rules;
+    a negative integer ``i`` is ``n + i``; out-of-range integers select nothing)."""
+    out = []
+    for item in index.items:
+        if _k(item) == "Slice":
+            if item.step == 0:
+                raise UsageError("a slice step of 0 selects nothing meaningful; use a step >= 1 or <= -1")
+            p = _prog(range(n)[slice(item.start, item.stop, item.step)])
+        else:
+            i = item + n if item < 0 else item
+            p = (i, i + 1, 1) if 0 <= i < n else None
+        if p is not None:
+            out.append(p)
+    return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def resolve_offsets(offsets: IndexSet, lo: int, hi: int) -> tuple[Prog, ...]:
+    """The literal offsets of ``slash(O)`` inside ``[lo, hi)`` (never resolved against n)."""
+    out = []
+    for item in offsets.items:
+        if _k(item) == "Slice":
+            if item.start is None or item.stop is None:
+                raise UsageError("a slash offset slice needs both ends (a:b or a:b:c)")
+            if item.step == 0:
+                raise UsageError("a slice step of 0 selects nothing meaningful")
+            p = _prog(range(item.start, item.stop, item.step or 1))
+        else:
+            p = (item, item + 1, 1)
+        if p is not None:
+            p = _clip(p, lo, hi)
+        if p is not None:
+            out.append(p)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# Views: residue-class layouts of one axis (docs/PLAN.md, "Views")
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class View:
+    period: int
+    start: int
+    stop: int
+    block: int
+    class_tiles: int
+
+    @staticmethod
+    def make(period: int, start: int, stop: int, block: int) -> "View":
+        longest = -(-(stop - start) // period) if stop > start else 0
+        return View(period, start, stop, block, -(-longest // block))
+
+    @property
+    def num_tiles(self) -> int:
+        return self.period * self.class_tiles
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_tiles * self.block
+
+    @property
+    def class_slots(self) -> int:
+        return self.class_tiles * self.block
+
+    def first(self, c):
+        """First position of residue class ``c`` (int or tensor)."""
+        return self.start + (c - self.start) % self.period
+
+    def count(self, c):
+        """Positions in class ``c`` (int or tensor)."""
+        f = self.first(c)
+        if isinstance(f, torch.Tensor):
+            return torch.clamp(cdiv(self.stop - f, self.period), min=0)
+        return max(0, -(-(self.stop - f) // self.period))
+
+    def tile_class(self, t):
+        return t // self.class_tiles if self.class_tiles else t * 0
+
+    def positions(self) -> torch.Tensor:
+        """int64 ``[num_slots]``: the position of every slot, ``-1`` for padding."""
+        v = torch.arange(self.num_slots, dtype=torch.int64)
+        return self._pos(v)
+
+    def tile_positions(self, tile) -> torch.Tensor:
+        """int64 ``[block]`` (or ``[len(tile), block]`` for a tensor of tiles)."""
+        t = torch.as_tensor(tile, dtype=torch.int64)
+        v = t.unsqueeze(-1) * self.block + torch.arange(self.block, dtype=torch.int64)
+        return self._pos(v)
+
+    def _pos(self, v: torch.Tensor) -> torch.Tensor:
+        if self.class_slots == 0:
+            return torch.full_like(v, -1)
+        c = v // self.class_slots
+        t = v % self.class_slots
+        ok = (t < self.count(c)) & (c < self.period)
+        return torch.where(ok, self.first(c) + self.period * t, torch.full_like(v, -1))
+
+    def valid_per_tile(self) -> torch.Tensor:
+        """int64 ``[num_tiles]``: valid (non-padding) slots of each tile."""
+        t = torch.arange(self.num_tiles, dtype=torch.int64)
+        c = self.tile_class(t)
+        u = t - c * self.class_tiles
+        return torch.clamp(self.count(c) - u * self.block, min=0, max=self.block)
+
+    def slot_of(self, pos: torch.Tensor) -> torch.Tensor:
+        """The slot holding each position (positions must lie in ``[start, stop)``)."""
+        c = torch.remainder(pos, self.period)
+        return c * self.class_slots + (pos - self.first(c)) // self.period
+
+
+@dataclass(frozen=True)
+class ViewKind:
+    """Which pair of views a part uses and how key classes pair with query classes.
+
+    ``kind``: ``"id"`` (both identity), ``"d"`` (both residue ``s``, key class = query class
+    minus ``r``: parts under ``(q - k) mod s == r``), ``"k"`` (keys residue ``s``, only key
+    class ``r``), ``"q"`` (queries residue ``s``; keys identity).  ``qlo``/``qhi``, when
+    set, restrict the query view to the positions ``[qlo, qhi)`` (parts under a row set, such
+    as the rows of a ``global`` token)."""
+
+    kind: str
+    s: int = 1
+    r: int = 0
+    qlo: int | None = None
+    qhi: int | None = None
+
+    def rows(self, q0: int, q1: int) -> tuple[int, int]:
+        a = q0 if self.qlo is None else min(max(q0, self.qlo), q1)
+        b = q1 if self.qhi is None else max(min(q1, self.qhi), a)
+        return a, b
+
+    def views(self, q0: int, q1: int, n: int, bm: int, bn: int) -> tuple[View, View]:
+        sq = self.s if self.kind in ("d", "q") else 1
+        sk = self.s if self.kind in ("d", "k") else 1
+        a, b = self.rows(q0, q1)
+        return View.make(sq, a, b, bm), View.make(sk, 0, n, bn)
+
+    def key_class(self, qclass: torch.Tensor) -> torch.Tensor:
+        if self.kind == "d":
+            return torch.remainder(qclass - self.r, self.s)
+        if self.kind == "k":
+            return torch.full_like(qclass, self.r)
+        return torch.zeros_like(qclass)
+
+    def order(self):
+        restricted = self.qlo is not None or self.qhi is not None
+        return (restricted, {"id": 0, "d": 1, "k": 2, "q": 3}[self.kind], self.s, self.r,
+                -1 if self.qlo is None else self.qlo, -1 if self.qhi is None else self.qhi)
+
+
+IDENTITY = ViewKind("id")
+
+
+@dataclass
+class Geom:
+    """Per query tile of a part's q_view: its rows and the key class it pairs with.
+    Rows of tile ``t`` are ``qf + sq * a`` for ``a`` in ``[a0, a1]``; keys of the paired
+    class are ``kf + sk * b`` for ``b`` in ``[0, kcount)``."""
+
+    n: int
+    qv: View
+    kv: View
+    sq: int
+    sk: int
+    qf: torch.Tensor
+    a0: torch.Tensor
+    a1: torch.Tensor
+    kf: torch.Tensor
+    kcount: torch.Tensor
+    kclass: torch.Tensor
+
+    @staticmethod
+    def make(kind: ViewKind, qv: View, kv: View, n: int) -> "Geom":
+        t = torch.arange(qv.num_tiles, dtype=torch.int64)
+        c = qv.tile_class(t)
+        u = t - c * qv.class_tiles
+        qf = qv.first(c)
+        a0 = u * qv.block
+        a1 = torch.minimum(qv.count(c), a0 + qv.block) - 1
+        ck = kind.key_class(c)
+        return Geom(n, qv, kv, qv.period, kv.period, qf, a0, a1, kv.first(ck), kv.count(ck), ck)
+
+    @property
+    def T(self) -> int:
+        return self.qf.numel()
+
+    @property
+    def qmin(self):
+        return self.qf + self.sq * self.a0
+
+    @property
+    def qmax(self):
+        return self.qf + self.sq * self.a1
+
+    @property
+    def valid(self):
+        return self.a1 >= self.a0
+
+
+# ---------------------------------------------------------------------------
+# Interval sets, one per query tile, as [T, K] tensors (lo <= x < hi; normalised: sorted,
+# disjoint, non-adjacent, padding (INF, INF) last).  Intersections, complements and clips
+# keep the order of what survives, so they only compact; unions and re-roundings sort.
+# ---------------------------------------------------------------------------
+
+Iv = tuple  # (lo [T, K], hi [T, K])
+
+
+def iv_full(T: int) -> Iv:
+    return (torch.full((T, 1), -INF, dtype=torch.int64), torch.full((T, 1), INF, dtype=torch.int64))
+
+
+def iv_empty(T: int) -> Iv:
+    return (torch.full((T, 1), INF, dtype=torch.int64), torch.full((T, 1), INF, dtype=torch.int64))
+
+
+def iv_is_empty(a: Iv) -> bool:
+    return a[0].shape[1] == 1 and bool((a[0] == INF).all())
+
+
+def iv_is_full(a: Iv) -> bool:
+    return a[0].shape[1] == 1 and bool((a[0] == -INF).all() and (a[1] == INF).all())
+
+
+def iv_pad(a: Iv, K: int) -> Iv:
+    lo, hi = a
+    if lo.shape[1] >= K:
+        return a
+    extra = torch.full((lo.shape[0], K - lo.shape[1]), INF, dtype=torch.int64)
+    return torch.cat([lo, extra], 1), torch.cat([hi, extra], 1)
+
+
+def iv_choose(cond: torch.Tensor, a: Iv, b: Iv) -> Iv:
+    """Per tile: ``a`` where ``cond`` else ``b`` (both normalised, so the result is)."""
+    K = max(a[0].shape[1], b[0].shape[1])
+    a, b = iv_pad(a, K), iv_pad(b, K)
+    c = cond.unsqueeze(1)
+    return pick(c, a[0], b[0]), pick(c, a[1], b[1])
+
+
+def iv_single(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+    lo = torch.clamp(lo.reshape(-1, 1), -INF, INF)
+    hi = torch.clamp(hi.reshape(-1, 1), -INF, INF)
+    bad = hi <= lo
+    return pick(bad, INF, lo), pick(bad, INF, hi)
+
+
+def iv_compact(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+    """Normalise a set that is sorted and disjoint except for empty entries anywhere."""
+    T, K = lo.shape
+    lo = torch.clamp(lo, -INF, INF)
+    hi = torch.clamp(hi, -INF, INF)
+    bad = hi <= lo
+    if K == 1:
+        return pick(bad, INF, lo), pick(bad, INF, hi)
+    good = ~bad
+    counts = good.sum(1)
+    K2 = int(counts.max()) if T else 0
+    if K2 == 0:
+        return iv_empty(T)
+    if K2 == K and bool(good[:, :K2].all()):
+        return lo, hi
+    slot = torch.cumsum(good, 1) - 1
+    slot = pick(good, slot, K2)   # dump column
+    nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
+    nhi = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, hi)
+    return nlo[:, :K2], nhi[:, :K2]
+
+
+def iv_norm(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+    """Normalise any set of intervals (sort, then merge overlapping or touching ones)."""
+    T, K = lo.shape
+    if K <= 1:
+        return iv_compact(lo, hi) if K else iv_empty(T)
+    bad = hi <= lo
+    order = torch.argsort(pick(bad, INF + 1, lo), dim=1)
+    return iv_merge_sorted(torch.gather(lo, 1, order), torch.gather(hi, 1, order))
+
+
+def iv_merge_sorted(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+    """Normalise a set whose non-empty entries are already ordered by ``lo`` (empties may
+    sit anywhere): e.g. a normalised set rounded outwards."""
+    T, K = lo.shape
+    if K == 1:
+        return iv_compact(lo, hi)
+    lo = torch.clamp(lo, -INF, INF)
+    hi = torch.clamp(hi, -INF, INF)
+    real = hi > lo
+    h = pick(real, hi, -INF - 1)
+    reach = torch.cummax(h, dim=1).values
+    prev = torch.cat([torch.full((T, 1), -INF - 1, dtype=torch.int64), reach[:, :-1]], 1)
+    start = real & (lo > prev)
+    gid = torch.cumsum(start, 1) - 1
+    K2 = int(start.sum(1).max()) if T else 0
+    if K2 == 0:
+        return iv_empty(T)
+    slot = pick(start, gid, K2)
+    mslot = pick(real, gid, K2)
+    nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
+    nhi = torch.full((T, K2 + 1), -INF, dtype=torch.int64).scatter_reduce(1, mslot, h, reduce="amax")
+    nlo, nhi = nlo[:, :K2], nhi[:, :K2]
+    return nlo, pick(nlo < INF, nhi, INF)
+
+
+def iv_interleave(a: Iv, b: Iv, extra=None):
+    """The entries of two normalised sets in position order, without a row-wise sort
+    (torch sorts short rows slowly): each entry's rank is its index plus the number of the
+    other set's entries before it.  ``extra``: per-set tensors ``(xa, xb)`` carried along."""
+    T, Ka = a[0].shape
+    Kb = b[0].shape[1]
+    K = Ka + Kb
+    ra = torch.arange(Ka) + torch.searchsorted(b[0].contiguous(), a[0].contiguous(), right=False)
+    rb = torch.arange(Kb) + torch.searchsorted(a[0].contiguous(), b[0].contiguous(), right=True)
+    ra = pick(a[0] < INF, ra, K)
+    rb = pick(b[0] < INF, rb, K)
+
+    def put(x, y, fill):
+        out = torch.full((T, K + 1), fill, dtype=x.dtype)
+        return out.scatter_(1, ra, x).scatter_(1, rb, y)[:, :K]
+    lo = put(a[0], b[0], INF)
+    hi = put(a[1], b[1], INF)
+    if extra is None:
+        return lo, hi
+    return lo, hi, put(extra[0], extra[1], False)
+
+
+def iv_union(a: Iv, b: Iv) -> Iv:
+    if iv_is_empty(a) or iv_is_full(b):
+        return b
+    if iv_is_empty(b) or iv_is_full(a):
+        return a
+    if a[0].shape[1] == 1 and b[0].shape[1] == 1:
+        return iv__union11(a, b)
+    return iv_merge_sorted(*iv_interleave(a, b))
+
+
+def iv__union11(a: Iv, b: Iv) -> Iv:
+    first = a[0] <= b[0]
+    x_lo = torch.minimum(a[0], b[0])
+    x_hi = pick(first, a[1], b[1])
+    y_lo = torch.maximum(a[0], b[0])
+    y_hi = pick(first, b[1], a[1])
+    touch = (y_lo <= x_hi) & (y_lo < INF)
+    x_hi = pick(touch, torch.maximum(x_hi, y_hi), x_hi)
+    y_lo = pick(touch, INF, y_lo)
+    y_hi = pick(touch, INF, y_hi)
+    if not bool((y_lo < INF).any()):
+        return x_lo, x_hi
+    return torch.cat([x_lo, y_lo], 1), torch.cat([x_hi, y_hi], 1)
+
+
+def iv_intersect(a: Iv, b: Iv) -> Iv:
+    if iv_is_empty(a) or iv_is_full(b):
+        return a
+    if iv_is_empty(b) or iv_is_full(a):
+        return b
+    T = a[0].shape[0]
+    K = a[0].shape[1] * b[0].shape[1]
+    # (i, j) order of two sorted disjoint lists is sorted by position: compacting suffices
+    lo = torch.maximum(a[0].unsqueeze(2), b[0].unsqueeze(1)).reshape(T, K)
+    hi = torch.minimum(a[1].unsqueeze(2), b[1].unsqueeze(1)).reshape(T, K)
+    return iv_compact(lo, hi)
+
+
+def iv_complement(a: Iv) -> Iv:
+    lo, hi = a
+    T = lo.shape[0]
+    clo = torch.cat([torch.full((T, 1), -INF, dtype=torch.int64), hi], 1)
+    chi = torch.cat([lo, torch.full((T, 1), INF, dtype=torch.int64)], 1)
+    return iv_compact(clo, chi)
+
+
+def iv_difference(a: Iv, b: Iv) -> Iv:
+    if iv_is_empty(a) or iv_is_empty(b):
+        return a
+    return iv_intersect(a, iv_complement(b))
+
+
+def iv_clip(a: Iv, lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+    return iv_compact(torch.maximum(a[0], lo.unsqueeze(1)), torch.minimum(a[1], hi.unsqueeze(1)))
+
+
+# ---------------------------------------------------------------------------
+# Groups: block / document / random / blockwise as segments of the query axis with
+# key runs each (read by the key spaces here and by the package's atom counts)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Group:
+    """Segments of the query axis, each with disjoint key runs.
+
+    Segment ``s`` covers queries ``[seg_starts[s], seg_starts[s+1])`` (the last one up to
+    ``n``) and allows keys in ``[run_lo[j], run_hi[j])`` for ``ptr_lo[s] <= j < ptr_hi[s]``."""
+
+    n: int
+    seg_starts: torch.Tensor   # int64 [S], seg_starts[0] == 0
+    ptr_lo: torch.Tensor       # int64 [S]
+    ptr_hi: torch.Tensor       # int64 [S]
+    run_lo: torch.Tensor       # int64 [R]
+    run_hi: torch.Tensor       # int64 [R]
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.seg_starts.numel())
+
+    @property
+    def max_runs(self) -> int:
+        if "max_runs" not in self._cache:
+            c = self.ptr_hi - self.ptr_lo
+            self._cache["max_runs"] = int(c.max()) if c.numel() else 0
+        return self._cache["max_runs"]
+
+    def segment_of(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.searchsorted(self.seg_starts, q, right=True) - 1
+
+    def runs_of(self, seg: torch.Tensor, width: int | None = None):
+        """``(lo, hi)`` of shape ``[*seg.shape, width]``: the runs of each segment, empty
+        (``lo == hi == 0``) past its count."""
+        width = self.max_runs if width is None else width
+        j = self.ptr_lo[seg].unsqueeze(-1) + torch.arange(width, dtype=torch.int64)
+        ok = j < self.ptr_hi[seg].unsqueeze(-1)
+        j = pick(ok, j, 0)
+        if self.run_lo.numel() == 0:
+            z = torch.zeros(j.shape, dtype=torch.int64)
+            return z, z
+        return pick(ok, self.run_lo[j], 0), pick(ok, self.run_hi[j], 0)
+
+    def _sparse(self, which: str):
+        """Sparse tables (range min of run starts / range max of run ends per segment)."""
+        if which not in self._cache:
+            lo, hi = self.runs_of(torch.arange(self.num_segments))
+            has = hi > lo
+            big = 1 << 60
+            if which == "min":
+                base = torch.where(has, lo, torch.full_like(lo, big)).amin(1) if lo.shape[1] else \
+                    torch.full((self.num_segments,), big, dtype=torch.int64)
+                op = torch.minimum
+            else:
+                base = torch.where(has, hi, torch.full_like(hi, -big)).amax(1) if hi.shape[1] else \
+                    torch.full((self.num_segments,), -big, dtype=torch.int64)
+                op = torch.maximum
+            levels = [base]
+            step = 1
+            while 2 * step <= base.numel():
+                prev = levels[-1]
+                levels.append(op(prev[:-step], prev[step:]))
+                step *= 2
+            self._cache[which] = levels
+        return self._cache[which]
+
+    def range_hull(self, s0: torch.Tensor, s1: torch.Tensor):
+        """Per pair of segments ``s0 <= s1``: (smallest run start, largest run end) over the
+        segments ``s0 .. s1`` (``lo > hi`` when they hold no run)."""
+        mins, maxs = self._sparse("min"), self._sparse("max")
+        length = (s1 - s0 + 1).clamp(min=1)
+        lev = torch.floor(torch.log2(length.to(torch.float64))).to(torch.int64)
+        # float log2 can be off by one at exact powers of two; fix it with integer checks
+        lev = torch.where((1 << (lev + 1)) <= length, lev + 1, lev)
+        lev = torch.where((1 << lev) > length, lev - 1, lev)
+        lo = torch.empty_like(s0)
+        hi = torch.empty_like(s0)
+        for k in range(len(mins)):
+            sel = lev == k
+            if bool(sel.any()):
+                a, b = s0[sel], s1[sel] - (1 << k) + 1
+                lo[sel] = torch.minimum(mins[k][a], mins[k][b])
+                hi[sel] = torch.maximum(maxs[k][a], maxs[k][b])
+        return lo, hi
+
+
+def block_group(b: int, n: int) -> Group:
+    starts = torch.arange(0, max(n, 1), b, dtype=torch.int64)
+    idx = torch.arange(starts.numel(), dtype=torch.int64)
+    return Group(n, starts, idx, idx + 1, starts, torch.clamp(starts + b, max=n))
+
+
+def random_group(count: int, block: int, seed: int, causal: bool, n: int, table: torch.Tensor) -> Group:
+    nb, r = table.shape
+    b = block
+    starts = torch.arange(nb, dtype=torch.int64) * b if nb else torch.zeros(1, dtype=torch.int64)
+    if nb == 0:
+        z = torch.zeros(1, dtype=torch.int64)
+        return Group(n, starts, z, z, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    held = (table >= 0).sum(1)
+    ptr_lo = torch.arange(nb, dtype=torch.int64) * r
+    flat = table.reshape(-1)
+    lo = torch.where(flat >= 0, flat * b, torch.zeros_like(flat))
+    hi = torch.where(flat >= 0, torch.clamp(flat * b + b, max=n), torch.zeros_like(flat))
+    return Group(n, starts, ptr_lo, ptr_lo + held, lo, hi)
+
+
+def transposed_random_group(b: int, n: int, table: torch.Tensor) -> Group:
+    """Random blocks read by columns: segment ``j`` (key block) holds the query blocks
+    ``i`` with ``j`` in ``R(i)``, as runs of positions."""
+    nb, r = table.shape
+    if nb == 0 or r == 0:
+        starts = torch.arange(max(nb, 1), dtype=torch.int64) * b
+        z = torch.zeros(starts.numel(), dtype=torch.int64)
+        e = torch.zeros(0, dtype=torch.int64)
+        return Group(n, starts, z, z, e, e)
+    i = torch.arange(nb, dtype=torch.int64).unsqueeze(1).expand(nb, r).reshape(-1)
+    j = table.reshape(-1)
+    keep = j >= 0
+    i, j = i[keep], j[keep]
+    order = torch.argsort(j * nb + i)
+    i, j = i[order], j[order]
+    counts = torch.bincount(j, minlength=nb)
+    ptr_hi = torch.cumsum(counts, 0)
+    return Group(n, torch.arange(nb, dtype=torch.int64) * b, ptr_hi - counts, ptr_hi, i * b,
+                 torch.clamp(i * b + b, max=n))
+
+
+def document_runs(doc_ids: torch.Tensor):
+    """(starts, ends, ids) of the maximal runs of equal document ids (one O(n) pass)."""
+    n = doc_ids.numel()
+    if n == 0:
+        e = torch.zeros(0, dtype=torch.int64)
+        return e, e, e
+    ids, counts = torch.unique_consecutive(doc_ids, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    return ends - counts, ends, ids
+
+
+def document_group(doc_ids: torch.Tensor, runs=None) -> Group:
+    """Segments are the runs of equal ids; a segment's key runs are every run with its id
+    (a document may be split into several runs; usually there is one)."""
+    n = doc_ids.numel()
+    if n == 0:
+        z = torch.zeros(1, dtype=torch.int64)
+        e = torch.zeros(0, dtype=torch.int64)
+        return Group(0, z, z, z, e, e)
+    starts, ends, ids = document_runs(doc_ids) if runs is None else runs
+    order = torch.sort(ids, stable=True).indices
+    sorted_ids = ids[order]
+    ptr_lo = torch.searchsorted(sorted_ids, ids, right=False)
+    ptr_hi = torch.searchsorted(sorted_ids, ids, right=True)
+    return Group(n, starts, ptr_lo, ptr_hi, starts[order], ends[order])
+
+
+def runs_group(b: int, n: int, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, nrows: int) -> Group:
+    """A group with segments of ``b`` queries and key runs given in block units as flat,
+    row-sorted, disjoint ``[lo, hi)`` lists (expanded here to positions)."""
+    starts = torch.arange(nrows, dtype=torch.int64) * b if nrows else torch.zeros(1, dtype=torch.int64)
+    counts = torch.bincount(rows, minlength=max(nrows, 1))[: max(nrows, 1)]
+    ptr_hi = torch.cumsum(counts, 0)
+    ptr_lo = ptr_hi - counts
+    return Group(n, starts, ptr_lo, ptr_hi, lo * b, torch.clamp(hi * b, max=n))
+
+
+def merge_runs(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Union of flat intervals grouped by row: returns row-sorted disjoint (rows, lo, hi)."""
+    keep = hi > lo
+    rows, lo, hi = rows[keep], lo[keep], hi[keep]
+    if rows.numel() == 0:
+        return rows, lo, hi
+    span = int(hi.max()) + 1
+    order = torch.argsort(rows * span + lo)
+    rows, lo, hi = rows[order], lo[order], hi[order]
+    # running maximum of hi within each row (rows are sorted, so a key offset by the row
+    # keeps earlier rows below), to find where a new merged run starts
+    key = rows * span + hi
+    reach_key = torch.cummax(key, 0).values
+    reach = reach_key - rows * span
+    prev_reach = torch.cat([torch.tensor([-1], dtype=torch.int64), reach[:-1]])
+    prev_row = torch.cat([torch.tensor([-1], dtype=torch.int64), rows[:-1]])
+    start = (rows != prev_row) | (lo > prev_reach)
+    gid = torch.cumsum(start.to(torch.int64), 0) - 1
+    ng = int(gid[-1]) + 1
+    g_rows = rows[start]
+    g_lo = lo[start]
+    g_hi = torch.full((ng,), -1, dtype=torch.int64).scatter_reduce(0, gid, hi, reduce="amax")
+    return g_rows, g_lo, g_hi
+
+
+# ---------------------------------------------------------------------------
+# The element predicate (docs/PLAN.md, "Element predicates")
+# ---------------------------------------------------------------------------
+
+def _member(x: torch.Tensor, progs) -> torch.Tensor:
+    out = torch.zeros_like(x, dtype=torch.bool)
+    for start, stop, step in progs:
+        m = (x >= start) & (x < stop)
+        if step > 1:
+            m = m & (torch.remainder(x - start, step) == 0)
+        out = out | m
+    return out
+
+
+def evaluate(e: Expr, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torch.Tensor:
+    n = ctx.n
+    if _k(e) == "Union":
+        out = evaluate(e.terms[0], q, k, ctx)
+        for t in e.terms[1:]:
+            out = out | evaluate(t, q, k, ctx)
+        return out
+    if _k(e) == "Intersect":
+        out = evaluate(e.terms[0], q, k, ctx)
+        for t in e.terms[1:]:
+            out = out & evaluate(t, q, k, ctx)
+        return out
+    if _k(e) == "Difference":
+        return evaluate(e.left, q, k, ctx) & ~evaluate(e.right, q, k, ctx)
+    if _k(e) == "All":
+        return (q - k) == (q - k)
+    if _k(e) == "Nothing":
+        return (q - k) != (q - k)
+    if _k(e) == "Causal":
+        return k <= q
+    if _k(e) == "Local":
+        return (k >= q - cap(e.left, n)) & (k <= q + cap(e.right, n))
+    if _k(e) == "Block":
+        b = cap(e.size, n)
+        return fdiv(q, b) == fdiv(k, b)
+    if _k(e) == "Stride":
+        # |q - k| < n: for s >= n, "(q - k) mod s == 0" is q == k, the same as mod n.
+        return torch.remainder(q - k, cap(e.step, n)) == 0
+    if _k(e) == "Dilated":
+        d = q - k
+        return (d.abs() <= cap(e.width * e.dilation, n)) & (torch.remainder(d, cap(e.dilation, n)) == 0)
+    if _k(e) == "Every":
+        if e.step > max(n, 1):
+            return k == e.offset
+        return torch.remainder(k, e.step) == e.offset
+    if _k(e) == "Rows":
+        return _member(q, ctx.index_set(e.index)) & (k == k)
+    if _k(e) == "Cols":
+        return _member(k, ctx.index_set(e.index)) & (q == q)
+    if _k(e) == "Global":
+        progs = ctx.index_set(e.index)
+        return _member(q, progs) | _member(k, progs)
+    if _k(e) == "Sink":
+        return (k < cap(e.count, n)) & (q == q)
+    if _k(e) == "Prefix":
+        p = cap(e.length, n)
+        return (q < p) & (k < p)
+    if _k(e) == "Slash":
+        return _member(q - k, ctx.offset_set(e.offsets))
+    if _k(e) == "Document":
+        doc = ctx.require_doc_ids()
+        return doc[q] == doc[k]
+    if _k(e) == "Random":
+        table = ctx.random_table(e)
+        if table.shape[1] == 0:
+            return (q - k) != (q - k)
+        b = cap(e.block, n)
+        return (table[fdiv(q, b)] == fdiv(k, b).unsqueeze(-1)).any(-1)
+    if _k(e) == "Blockwise":
+        b = cap(e.block, n)
+        return evaluate(e.expr, fdiv(q, b), fdiv(k, b), ctx.inner(e))
+    if _k(e) == "Swapped":
+        return evaluate(e.expr, k, q, ctx)
+    if _k(e) in DYNAMIC_NAMES:
+        raise UsageError("data-dependent terms are planned per call (they need q and k)")
+    raise TypeError(f"not a pattern expression: {e!r}")
+
+
+def tile_mask(e: Expr, q_pos: torch.Tensor, k_pos: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """``[..., len(q_pos), len(k_pos)]`` mask of one or a batch of tiles; padding (-1)
+    positions are never allowed."""
+    q = q_pos.unsqueeze(-1)
+    k = k_pos.unsqueeze(-2)
+    qs = torch.clamp(q, min=0)
+    ks = torch.clamp(k, min=0)
+    return evaluate(e, qs, ks, ctx) & (q >= 0) & (k >= 0)
+
+
+# ---------------------------------------------------------------------------
+# What a plan reads beyond the expression
+# ---------------------------------------------------------------------------
+
+class Context:
+    """Per-(n, doc_ids) tables, built lazily and cached. Read by `evaluate`, the atom counts
+    and the per-tile key spaces.  A subclass supplies ``_make_random(count, block, seed,
+    causal, n)`` (the random-block table: psparse's vectorised one, or a generated
+    module's own)."""
+
+    _make_random = None
+
+    def __init__(self, n: int, doc_ids: torch.Tensor | None = None, *, inner: bool = False,
+                 doc_runs=None):
+        self.n = n
+        self.doc_ids = doc_ids
+        self._doc_runs = doc_runs
+        self.inner_level = inner
+        self._random: dict = {}
+        self._groups: dict = {}
+        self._inner: dict = {}
+        self._sets: dict = {}
+
+    # -- tables a kernel reads ------------------------------------------------
+    def random_table(self, node: Random) -> torch.Tensor:
+        """int64 ``[ceil(n/b), r]``: ``R(i)`` ascending, ``-1`` padded."""
+        key = (node.count, node.block, node.seed, node.causal)
+        if key not in self._random:
+            self._random[key] = self._make_random(node.count, node.block, node.seed, node.causal, self.n)
+        return self._random[key]
+
+    def inner(self, node: Blockwise) -> "Context":
+        """The context ``blockwise(b, E)`` evaluates ``E`` in: ``n' = ceil(n / b)``."""
+        if node.block not in self._inner:
+            self._inner[node.block] = type(self)(-(-self.n // node.block), None, inner=True)
+        return self._inner[node.block]
+
+    def index_set(self, index: IndexSet) -> tuple:
+        """``resolve_index(index, n)``, cached here (a plain dict, so tracing a mask_mod under
+        torch.compile sees a constant)."""
+        key = ("i", index)
+        if key not in self._sets:
+            self._sets[key] = resolve_index(index, self.n)
+        return self._sets[key]
+
+    def offset_set(self, offsets: IndexSet) -> tuple:
+        """``resolve_offsets`` over every difference ``q - k`` a length-n call has."""
+        key = ("o", offsets)
+        if key not in self._sets:
+            self._sets[key] = resolve_offsets(offsets, -max(self.n - 1, 0), max(self.n, 1))
+        return self._sets[key]
+
+    def require_doc_ids(self) -> torch.Tensor:
+        if self.inner_level:
+            raise UsageError("`document` cannot appear inside blockwise(...)")
+        if self.doc_ids is None:
+            raise UsageError("this spec uses `document`: pass doc_ids (shape [n])")
+        return self.doc_ids
+
+    # -- groups (segment -> key runs) ---------------------------------------------
+    def group(self, node: Expr) -> Group:
+        key = node
+        if key in self._groups:
+            return self._groups[key]
+        n = self.n
+        if _k(node) == "Block":
+            g = block_group(cap(node.size, n), n)
+        elif _k(node) == "Random":
+            t = self.random_table(node)
+            g = random_group(node.count, cap(node.block, n), node.seed, node.causal, n, t)
+        elif _k(node) == "Document":
+            g = document_group(self.require_doc_ids(), self._doc_runs)
+        elif _k(node) == "Blockwise":
+            g = blockwise_group(node, self)
+        elif _k(node) == "Swapped" and _k(node.expr) == "Random":
+            r = node.expr
+            g = transposed_random_group(cap(r.block, n), n, self.random_table(r))
+        else:
+            raise TypeError(f"not a group primitive: {node!r}")
+        self._groups[key] = g
+        return g
+
+
+GROUP_NAMES = ("Block", "Random", "Document", "Blockwise", "Swapped")
+DYNAMIC_NAMES = ("TopVertical", "TopSlash", "TopBlocks")
+
+
+# ---------------------------------------------------------------------------
+# Per-tile key spaces of the primitives: hull (a superset of the keys the tile's rows may
+# attend) and core (keys every row attends), in class-local key indices
+# ---------------------------------------------------------------------------
+
+GROUP_GATHER_LIMIT = 64
+
+
+def _kconv(g: Geom, x: torch.Tensor, y: torch.Tensor):
+    """Key positions ``[x, y)`` -> class-local indices ``[b0, b1)`` of the tile's key class."""
+    kf = g.kf.unsqueeze(-1) if x.dim() > 1 else g.kf
+    return cdiv(x - kf, g.sk), cdiv(y - kf, g.sk)
+
+
+def _both(s):
+    return s, s
+
+
+def k_interval(g: Geom, x: int, y: int):
+    b0, b1 = _kconv(g, torch.full((g.T,), x, dtype=torch.int64), torch.full((g.T,), y, dtype=torch.int64))
+    return _both(iv_single(b0, b1))
+
+
+def q_rows(g: Geom, x: int, y: int, m: int = 1):
+    """Rows in the progression ``x, x+m, ... < y``: (all rows, no row) per tile."""
+    amin = torch.maximum(g.a0, cdiv(x - g.qf, g.sq))
+    amax = torch.minimum(g.a1, cdiv(y - g.qf, g.sq) - 1)
+    none_iv = amin > amax
+    all_iv = (g.qmin >= x) & (g.qmax < y)
+    if m == 1:
+        return all_iv, none_iv
+    one = g.a0 == g.a1
+    if g.sq % m == 0:
+        hit = (g.qf - x) % m == 0
+        return all_iv & hit, none_iv | ~hit
+    if g.sq == 1:
+        # contiguous rows: count the progression's members among them
+        lo = torch.maximum(g.qmin, torch.full_like(g.qmin, x))
+        hi = torch.minimum(g.qmax, torch.full_like(g.qmax, y - 1))
+        members = torch.clamp(fdiv(hi - x, m) - cdiv(lo - x, m) + 1, min=0)
+        members = pick(hi >= lo, members, 0)
+        return all_iv & one & (members > 0), none_iv | (members == 0)
+    hit1 = (g.qmin - x) % m == 0
+    return all_iv & one & hit1, none_iv | (one & ~hit1)
+
+
+def _rowsel(g: Geom, all_rows: torch.Tensor, no_rows: torch.Tensor):
+    return (iv_choose(no_rows, iv_empty(g.T), iv_full(g.T)),
+            iv_choose(all_rows, iv_full(g.T), iv_empty(g.T)))
+
+
+def q_interval(g: Geom, x: int, y: int, m: int = 1):
+    return _rowsel(g, *q_rows(g, x, y, m))
+
+
+def band(g: Geom, dlo: int, dhi: int):
+    """``dlo <= q - k <= dhi`` (either end may be +-INF)."""
+    hull = _kconv(g, g.qmin - dhi, g.qmax - dlo + 1)
+    core = _kconv(g, g.qmax - dhi, g.qmin - dlo + 1)
+    return iv_single(*hull), iv_single(*core)
+
+
+def k_cong(g: Geom, m: int, r: int):
+    T = g.T
+    if m == 1:
+        return _both(iv_full(T))
+    if g.sk % m == 0:
+        return _both(iv_choose((g.kf - r) % m == 0, iv_full(T), iv_empty(T)))
+    ok = (r - g.kf) % gcd(g.sk, m) == 0
+    return iv_choose(ok, iv_full(T), iv_empty(T)), iv_empty(T)
+
+
+def d_cong(g: Geom, m: int, r: int):
+    T = g.T
+    if m == 1:
+        return _both(iv_full(T))
+    if g.sk % m == 0 and g.sq % m == 0:
+        return _both(iv_choose((g.qf - g.kf - r) % m == 0, iv_full(T), iv_empty(T)))
+    if g.sk % m == 0:
+        one = g.a0 == g.a1
+        hit = (g.qmin - g.kf - r) % m == 0
+        return (iv_choose(one & ~hit, iv_empty(T), iv_full(T)),
+                iv_choose(one & hit, iv_full(T), iv_empty(T)))
+    return iv_full(T), iv_empty(T)
+
+
+def meet(a, b):
+    return iv_intersect(a[0], b[0]), iv_intersect(a[1], b[1])
+
+
+def join(a, b):
+    return iv_union(a[0], b[0]), iv_union(a[1], b[1])
+
+
+def _progs_union(parts):
+    out = None
+    for p in parts:
+        out = p if out is None else join(out, p)
+    return out
+
+
+def index_rows(g: Geom, progs):
+    if not progs:
+        return _both(iv_empty(g.T))
+    return _progs_union([q_interval(g, a, b, s) for a, b, s in progs])
+
+
+# A key progression with at most this many members is spelled out member by member (exact),
+# rather than as an interval under a congruence the view may not absorb.
+EXPAND_KEYS = 32
+
+
+def k_prog(g: Geom, a: int, b: int, s: int):
+    """Keys ``a, a+s, ... < b``."""
+    count = -(-(b - a) // s) if b > a else 0
+    if s > 1 and count <= EXPAND_KEYS and g.sk % s:
+        keys = torch.arange(a, b, s, dtype=torch.int64)
+        lo, hi = _kconv(g, keys.expand(g.T, -1), keys.expand(g.T, -1) + 1)
+        return _both(iv_merge_sorted(lo, hi))
+    return meet(k_interval(g, a, b), k_cong(g, s, a % s))
+
+
+def index_cols(g: Geom, progs):
+    if not progs:
+        return _both(iv_empty(g.T))
+    return _progs_union([k_prog(g, a, b, s) for a, b, s in progs])
+
+
+def group(g: Geom, grp) -> tuple:
+    """A block / document / random / blockwise group: the runs of the segments the tile's
+    rows fall in (exact when they all fall in one segment)."""
+    T = g.T
+    qmin = pick(g.valid, g.qmin, 0)
+    qmax = pick(g.valid, g.qmax, 0)
+    s0 = grp.segment_of(qmin)
+    s1 = grp.segment_of(qmax)
+    same = s0 == s1
+    R = grp.max_runs
+    if R == 0:
+        return _both(iv_empty(T))
+    lo, hi = grp.runs_of(s0, R)
+    b0, b1 = _kconv(g, lo, hi)
+    b1 = pick(hi > lo, b1, b0)
+    exact = iv_merge_sorted(b0, b1)   # a segment's runs are stored in position order
+    if bool(same.all()):
+        return exact, exact
+    span = int((s1 - s0).max()) + 1
+    if span * R <= GROUP_GATHER_LIMIT:
+        segs = s0.unsqueeze(1) + torch.arange(span, dtype=torch.int64)
+        inside = segs <= s1.unsqueeze(1)
+        segs = torch.clamp(segs, max=grp.num_segments - 1)
+        lo, hi = grp.runs_of(segs, R)                      # [T, span, R]
+        keep = inside.unsqueeze(2) & (hi > lo)
+        lo = pick(keep, lo, 0).reshape(T, span * R)
+        hi = pick(keep, hi, 0).reshape(T, span * R)
+        b0, b1 = _kconv(g, lo, hi)
+        b1 = pick(hi > lo, b1, b0)
+        multi = iv_norm(b0, b1)
+    else:
+        lo, hi = grp.range_hull(s0, s1)
+        b0, b1 = _kconv(g, lo, hi)
+        multi = iv_single(b0, pick(hi > lo, b1, b0))
+    return iv_choose(same, exact, multi), iv_choose(same, exact, iv_empty(T))
+
+
+def primitive(e: Expr, g: Geom, ctx: Context):
+    n = ctx.n
+    T = g.T
+    if _k(e) == "All":
+        return _both(iv_full(T))
+    if _k(e) == "Nothing":
+        return _both(iv_empty(T))
+    if _k(e) == "Causal":
+        return band(g, 0, INF)
+    if _k(e) == "Local":
+        return band(g, -cap(e.right, n), cap(e.left, n))
+    if _k(e) == "Stride":
+        if e.step >= max(n, 1):
+            return band(g, 0, 0)
+        return d_cong(g, e.step, 0)
+    if _k(e) == "Dilated":
+        w = cap(e.width * e.dilation, n)
+        if e.dilation >= max(n, 1):
+            return band(g, 0, 0)
+        return meet(band(g, -w, w), d_cong(g, e.dilation, 0))
+    if _k(e) == "Every":
+        if e.step > max(n, 1):
+            return k_interval(g, e.offset, e.offset + 1)
+        return k_prog(g, e.offset, max(n, e.offset), e.step)
+    if _k(e) == "Sink":
+        return k_interval(g, 0, cap(e.count, n))
+    if _k(e) == "Prefix":
+        p = cap(e.length, n)
+        return meet(q_interval(g, 0, p), k_interval(g, 0, p))
+    if _k(e) == "Rows":
+        return index_rows(g, resolve_index(e.index, n))
+    if _k(e) == "Cols":
+        return index_cols(g, resolve_index(e.index, n))
+    if _k(e) == "Global":
+        progs = resolve_index(e.index, n)
+        return join(index_rows(g, progs), index_cols(g, progs))
+    if _k(e) == "Slash":
+        progs = resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1))
+        if not progs:
+            return _both(iv_empty(T))
+        return _progs_union([meet(band(g, a, b - 1), d_cong(g, s, a % s)) for a, b, s in progs])
+    if _k(e) in GROUP_NAMES:
+        return group(g, ctx.group(e))
+    raise TypeError(f"not a primitive: {e!r}")
+
+
+# ---------------------------------------------------------------------------
+# Operators on key spaces; pure band algebra where it applies
+# ---------------------------------------------------------------------------
+
+def _norm(ivs):
+    out = []
+    for a, b in sorted(ivs):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _inter(x, y):
+    return _norm([(max(a, c), min(b, d)) for a, b in x for c, d in y if max(a, c) <= min(b, d)])
+
+
+def _minus(x, y):
+    out = x
+    for c, d in y:
+        nxt = []
+        for a, b in out:
+            if d < a or c > b:
+                nxt.append((a, b))
+                continue
+            if a < c:
+                nxt.append((a, c - 1))
+            if d < b:
+                nxt.append((d + 1, b))
+        out = nxt
+    return _norm(out)
+
+
+def diagonals(e: Expr, n: int):
+    """The set of differences ``q - k`` of an expression made only of diagonal bands
+    (``all``, ``causal``, ``local``, contiguous ``slash`` offsets and their operators), as
+    sorted inclusive intervals; None for anything else.  Band algebra is exact where the
+    hull/core rules are not: ``causal - local(100)`` is the band ``q - k >= 101``."""
+    big = max(n, 1)
+    if _k(e) == "All" or (_k(e) == "Stride" and e.step == 1):
+        return [(-big, big)]
+    if _k(e) == "Nothing":
+        return []
+    if _k(e) == "Causal":
+        return [(0, big)]
+    if _k(e) == "Local":
+        return [(-min(e.right, big), min(e.left, big))]
+    if _k(e) == "Dilated" and e.dilation == 1:
+        w = min(e.width, big)
+        return [(-w, w)]
+    if _k(e) == "Slash":
+        progs = ctx_offsets(e, n)
+        if all(s == 1 for _, _, s in progs):
+            return _norm([(a, b - 1) for a, b, _ in progs])
+        return None
+    if _k(e) in ("Union", "Intersect", "Difference"):
+        kids = [diagonals(c, n) for c in e.children()]
+        if any(k is None for k in kids):
+            return None
+        if _k(e) == "Union":
+            return _norm([iv_ for k in kids for iv_ in k])
+        if _k(e) == "Intersect":
+            out = kids[0]
+            for k in kids[1:]:
+                out = _inter(out, k)
+            return out
+        return _minus(kids[0], kids[1])
+    return None
+
+
+def ctx_offsets(e: Slash, n: int):
+    return resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1))
+
+
+def spaces_of(e: Expr, g: Geom, ctx: Context):
+    """``(hull, core)`` interval sets ``[T, K]`` in class-local key indices."""
+    if _k(e) in ("Union", "Intersect", "Difference"):
+        d = diagonals(e, ctx.n)
+        if d is not None:
+            if not d:
+                return iv_empty(g.T), iv_empty(g.T)
+            out = band(g, *d[0])
+            for lo, hi in d[1:]:
+                out = join(out, band(g, lo, hi))
+            return out
+    if _k(e) == "Union":
+        out = spaces_of(e.terms[0], g, ctx)
+        for t in e.terms[1:]:
+            out = join(out, spaces_of(t, g, ctx))
+        return out
+    if _k(e) == "Intersect":
+        out = spaces_of(e.terms[0], g, ctx)
+        for t in e.terms[1:]:
+            out = meet(out, spaces_of(t, g, ctx))
+        return out
+    if _k(e) == "Difference":
+        a = spaces_of(e.left, g, ctx)
+        b = spaces_of(e.right, g, ctx)
+        return iv_difference(a[0], b[1]), iv_difference(a[1], b[0])
+    return primitive(e, g, ctx)
+
+
+def tile_spaces(e: Expr, g: Geom, ctx: Context, clip: bool = True):
+    """Spaces clipped to the key class and emptied for query tiles without valid rows
+    (``clip=False`` leaves both to the caller: `runs.tile_runs` does them elementwise)."""
+    if not clip and _k(e) == "Union" and diagonals(e, ctx.n) is None:
+        # The caller (tile_runs) merges after rounding anyway: at the top, a union only
+        # needs its terms' intervals in position order, not merged.
+        hull, core = spaces_of(e.terms[0], g, ctx)
+        for t in e.terms[1:]:
+            h2, c2 = spaces_of(t, g, ctx)
+            hull, core = iv_interleave(hull, h2), iv_interleave(core, c2)
+        return hull, core
+    hull, core = spaces_of(e, g, ctx)
+    if not clip:
+        return hull, core
+    zero = g.kcount * 0
+    hull = iv_clip(hull, zero, g.kcount)
+    core = iv_clip(core, zero, g.kcount)
+    if not bool(g.valid.all()):
+        hull = iv_choose(g.valid, hull, iv_empty(g.T))
+        core = iv_choose(g.valid, core, iv_empty(g.T))
+    return hull, core
+
+
+# ---------------------------------------------------------------------------
+# Key spaces -> runs of key tiles, flagged full or partial
+# ---------------------------------------------------------------------------
+
+def tile_runs(hull, core, g: Geom):
+    """``(kv_lo, kv_hi, kv_full)``: int32, int32, bool ``[T, S]`` in k_view tile numbers.
+
+    ``hull`` and ``core`` need only be sorted by start (they may overlap; empty entries
+    anywhere), unclipped: this clips, rounds and merges them."""
+    bn = g.kv.block
+    ct = g.kv.class_tiles
+    T = g.T
+    # Clip to the key class (and to tiles with rows); outward rounding keeps the order
+    # (touching tiles merge); inward rounding only shrinks.
+    rows = g.valid.unsqueeze(1)
+    kc = g.kcount.unsqueeze(1)
+    hlo = torch.clamp(hull[0], min=0)
+    hhi = torch.minimum(hull[1], kc)
+    real = (hlo < hhi) & rows
+    h = iv_merge_sorted(pick(real, fdiv(hlo, bn), INF), pick(real, cdiv(hhi, bn), INF))
+    clo = torch.clamp(core[0], min=0)
+    chi = torch.minimum(core[1], kc)
+    creal = (clo < chi) & rows
+    # the class's last tile may be short: it is full when the core reaches the class end
+    chi = pick(chi >= kc, ct * bn, chi)
+    f = iv_merge_sorted(pick(creal, cdiv(clo, bn), INF), pick(creal, fdiv(chi, bn), INF))
+    # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
+    # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
+    # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
+    # sequences merge by rank, without a row-wise sort.  Hull intervals never touch, nor do
+    # full ones: consecutive pieces of positive length always differ in kind, so each is a
+    # maximal run.
+    hp = torch.stack([h[0], h[1]], 2).reshape(T, 2 * h[0].shape[1])
+    fp = torch.stack([f[0], f[1]], 2).reshape(T, 2 * f[0].shape[1])
+    KH, KF = hp.shape[1], fp.shape[1]
+    rh = torch.arange(KH) + torch.searchsorted(fp, hp, right=False)
+    rf = torch.arange(KF) + torch.searchsorted(hp, fp, right=True)
+    th = torch.tensor([1, -1], dtype=torch.int64).repeat(KH // 2) * (hp < INF)
+    tf = torch.tensor([2, -2], dtype=torch.int64).repeat(KF // 2) * (fp < INF)
+    pts = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, hp).scatter_(1, rf, fp)
+    tag = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, th).scatter_(1, rf, tf)
+    level = torch.cumsum(tag, 1)[:, :-1]
+    a, b = pts[:, :-1], pts[:, 1:]
+    run = (b > a) & (level > 0) & (a < INF)
+    # left-align the runs, carrying their kind
+    slot = torch.cumsum(run, 1) - 1
+    S = int(run.sum(1).max()) if T and run.numel() else 0
+    slot = pick(run, slot, S)
+    lo = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, a)[:, :S]
+    hi = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, b)[:, :S]
+    full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)[:, :S]
+    used = hi > lo
+    full = full & used
+    base = (g.kclass * ct).unsqueeze(1)
+    lo = pick(used, lo + base, 0)
+    hi = pick(used, hi + base, 0)
+    return lo.to(torch.int32), hi.to(torch.int32), full
+
+
+# ---------------------------------------------------------------------------
+# blockwise(b, E) as a group: E planned at block scale, undecided blocks evaluated
+# ---------------------------------------------------------------------------
+
+_CHUNK = 1 << 22
+
+
+def _expand(s):
+    """Flat (row, value) pairs of every integer inside the interval sets."""
+    lo, hi = s
+    real = lo < INF
+    length = torch.where(real, hi - lo, torch.zeros_like(lo)).reshape(-1)
+    rows = torch.arange(lo.shape[0]).unsqueeze(1).expand_as(lo).reshape(-1)
+    idx = torch.repeat_interleave(torch.arange(length.numel()), length)
+    off = torch.arange(idx.numel()) - torch.repeat_interleave(torch.cumsum(length, 0) - length, length)
+    return rows[idx], lo.reshape(-1)[idx] + off
+
+
+def blockwise_group(node: Blockwise, ctx: Context) -> Group:
+    inner = ctx.inner(node)
+    n2 = inner.n
+    b = cap(node.block, ctx.n)
+    qv = View.make(1, 0, n2, 1)
+    g = Geom.make(IDENTITY, qv, qv, n2)
+    hull, core = tile_spaces(node.expr, g, inner)
+    rows_c, lo_c = [], []
+    rows_u, j_u = _expand(iv_difference(hull, core))
+    for s in range(0, rows_u.numel(), _CHUNK):
+        r, j = rows_u[s:s + _CHUNK], j_u[s:s + _CHUNK]
+        ok = evaluate(node.expr, r, j, inner)
+        rows_c.append(r[ok])
+        lo_c.append(j[ok])
+    creal = core[0] < INF
+    crow = torch.arange(n2).unsqueeze(1).expand_as(core[0])[creal]
+    rows = torch.cat([crow] + rows_c)
+    lo = torch.cat([core[0][creal]] + lo_c)
+    hi = torch.cat([core[1][creal]] + [x + 1 for x in lo_c])
+    rows, lo, hi = merge_runs(rows, lo, hi)
+    return runs_group(b, ctx.n, rows, lo, hi, n2)
+
+
+# ---------------------------------------------------------------------------
+# Splitting a pattern into disjoint parts by preferred view (docs/PLAN.md, section 4)
+# ---------------------------------------------------------------------------
+
+# A residue view needs classes long enough to fill a minimal tile.
+MIN_CLASS = 16
+# Row sets at most this long run as parts of their own (a global token's row, say).
+SHORT_ROWS = 32
+
+
+def _fits(s: int, n: int) -> bool:
+    """A diagonal residue view needs classes long enough to fill a minimal tile (its query
+    tiles would otherwise hold a few rows each)."""
+    return 1 < s and s * MIN_CLASS <= n
+
+
+def _fits_axis(s: int, n: int) -> bool:
+    """Key (or query) residue views only permute one axis: any period below n pays, since the
+    other axis keeps full tiles and the permuted one needs a single tile per class."""
+    return 1 < s < n
+
+
+def _combine(a: ViewKind, b: ViewKind, n: int):
+    """The view for ``A & B``; None when their constraints cannot hold together."""
+    lo = max((x for x in (a.qlo, b.qlo) if x is not None), default=None)
+    hi = min((x for x in (a.qhi, b.qhi) if x is not None), default=None)
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    v = _combine_kind(a, b, n)
+    return None if v is None else replace(v, qlo=lo, qhi=hi)
+
+
+def _combine_kind(a: ViewKind, b: ViewKind, n: int):
+    if a.kind == "id":
+        return b
+    if b.kind == "id":
+        return a
+    if a.kind == b.kind:
+        c = crt(a.r, a.s, b.r, b.s)
+        if c is None:
+            return None
+        r, m = c
+        if (_fits if a.kind == "d" else _fits_axis)(m, n):
+            return ViewKind(a.kind, m, r)
+        return a if a.s >= b.s else b
+    rank = {"d": 0, "k": 1, "q": 2}
+    return a if rank[a.kind] < rank[b.kind] else b
+
+
+def _row_groups(progs, n: int, N):
+    """Rows of an index set by view: short runs of rows get a query view of their own (a
+    kernel then runs those rows alone, not whole query tiles of them); stepped items a
+    residue view; long runs stay in the identity view."""
+    out: dict = {}
+    plain = sorted((a, b) for a, b, s in progs if s == 1)
+    merged: list[list[int]] = []
+    for a, b in plain:
+        if merged and a - merged[-1][1] <= MIN_CLASS:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    for a, b in merged:
+        items = [p for p in progs if p[2] == 1 and a <= p[0] and p[1] <= b]
+        v = ViewKind("id", qlo=a, qhi=b) if b - a <= SHORT_ROWS else IDENTITY
+        out.setdefault(v, []).extend(items)
+    for p in progs:
+        if p[2] > 1:
+            v = ViewKind("q", p[2], p[0] % p[2], p[0], p[1]) if _fits_axis(p[2], n) else IDENTITY
+            out.setdefault(v, []).append(p)
+    return {v: N.Rows(_items(ps, N)) for v, ps in out.items()}
+
+
+def _items(progs, N):
+    return N.IndexSet(tuple(N.Slice(a, b, s) for a, b, s in progs))
+
+
+def _by_step(progs, n: int, kind: str, make, N):
+    out: dict = {}
+    for p in progs:
+        start, stop, step = p
+        fits = _fits(step, n) if kind == "d" else _fits_axis(step, n)
+        v = ViewKind(kind, step, start % step) if step > 1 and fits else IDENTITY
+        out.setdefault(v, []).append(p)
+    return {v: make(_items(ps, N)) for v, ps in out.items()}
+
+
+def _union(a, b, N):
+    return b if a is None else N.Union((a, b))
+
+
+def _merge(into: dict, other: dict, N) -> dict:
+    out = dict(into)
+    for v, e in other.items():
+        out[v] = _union(out.get(v), e, N)
+    return out
+
+
+def split(e, n: int, N) -> dict:
+    """``{ViewKind: Expr}``: pieces whose union is ``e``, keyed by preferred view."""
+    out = _split(e, n, N)
+    if len(out) == 1:
+        return {next(iter(out)): e}  # keep the written expression when nothing moves
+    return out
+
+
+def _split(e, n: int, N) -> dict:
+    if _k(e) == "Stride":
+        return {ViewKind("d", e.step, 0) if _fits(e.step, n) else IDENTITY: e}
+    if _k(e) == "Dilated":
+        return {ViewKind("d", e.dilation, 0) if _fits(e.dilation, n) else IDENTITY: e}
+    if _k(e) == "Every":
+        return {ViewKind("k", e.step, e.offset) if _fits_axis(e.step, n) else IDENTITY: e}
+    if _k(e) == "Slash":
+        return _by_step(resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1)), n, "d", N.Slash, N) or {IDENTITY: e}
+    if _k(e) == "Cols":
+        return _by_step(resolve_index(e.index, n), n, "k", N.Cols, N) or {IDENTITY: e}
+    if _k(e) == "Rows":
+        return _row_groups(resolve_index(e.index, n), n, N) or {IDENTITY: e}
+    if _k(e) == "Global":
+        progs = resolve_index(e.index, n)
+        rows = _row_groups(progs, n, N)
+        if list(rows) == [IDENTITY] and all(s == 1 or not _fits_axis(s, n) for _, _, s in progs):
+            return {IDENTITY: e}
+        return _merge(rows, _by_step(progs, n, "k", N.Cols, N), N)
+    if _k(e) == "Union":
+        out: dict = {}
+        for t in e.terms:
+            out = _merge(out, split(t, n, N), N)
+        return out
+    if _k(e) == "Intersect":
+        acc = split(e.terms[0], n, N)
+        for t in e.terms[1:]:
+            nxt: dict = {}
+            for v2, e2 in split(t, n, N).items():
+                for v1, e1 in acc.items():
+                    v = _combine(v1, v2, n)
+                    if v is not None:
+                        nxt[v] = _union(nxt.get(v), N.Intersect((e1, e2)), N)
+            acc = nxt
+        return acc or {IDENTITY: N.Nothing()}
+    if _k(e) == "Difference":
+        return {v: N.Difference(x, e.right) for v, x in split(e.left, n, N).items()}
+    return {IDENTITY: e}
+
+
+def disjoint_parts(e, n: int, N) -> list:
+    """``[(view, predicate)]``: disjoint, their union is ``e``."""
+    pieces = sorted(split(e, n, N).items(), key=lambda kv: kv[0].order())
+    out = []
+    seen = None
+    for v, x in pieces:
+        out.append((v, x if seen is None else N.Difference(x, seen)))
+        seen = _union(seen, x, N)
+    return out
+
+
+def transpose_kind(v: ViewKind) -> ViewKind:
+    """The view of the transposed problem (rows are keys, columns are queries)."""
+    if v.kind == "d":
+        return ViewKind("d", v.s, (-v.r) % v.s)
+    if v.kind == "k":
+        return ViewKind("q", v.s, v.r)
+    if v.kind == "q":
+        return ViewKind("k", v.s, v.r)
+    return IDENTITY
+
+
+def extent(e, sk: int, n: int):
+    """How many key-class diagonals a row of ``e`` may span (int), None when unbounded,
+    "cols" when ``e`` is made of row/column/group pieces that tiles align with anyway."""
+    def band(w):
+        return max(1, -(-w // sk))
+    if _k(e) == "Local":
+        return band(min(e.left, n) + min(e.right, n) + 1)
+    if _k(e) == "Dilated":
+        return band(1 if e.dilation >= n else 2 * min(e.width * e.dilation, n) + 1)
+    if _k(e) == "Stride" and e.step >= n:
+        return 1   # only the diagonal q == k
+    if _k(e) == "Slash":
+        progs = resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1))
+        if not progs:
+            return "cols"
+        return band(max(p[1] for p in progs) - min(p[0] for p in progs))
+    if _k(e) in ("All", "Causal", "Stride"):
+        return None
+    if _k(e) == "Intersect":
+        xs = [extent(t, sk, n) for t in e.terms]
+        bounded = [x for x in xs if isinstance(x, int)]
+        if bounded:
+            return min(bounded)
+        return None if any(x is None for x in xs) else "cols"
+    if _k(e) == "Union":
+        xs = [extent(t, sk, n) for t in e.terms]
+        if any(x is None for x in xs):
+            return None
+        bounded = [x for x in xs if isinstance(x, int)]
+        return max(bounded) if bounded else "cols"
+    if _k(e) == "Difference":
+        return extent(e.left, sk, n)
+    return "cols"
+
+
+# ---------------------------------------------------------------------------
+# The tile choice rule (docs/PLAN.md, section 5)
+# ---------------------------------------------------------------------------
+
+MIN_TILE = 16
+
+
+def base_tiles(head_dim: int, dtype) -> tuple[int, int]:
+    wide = torch.empty((), dtype=dtype).element_size() >= 4 if dtype is not None else False
+    if head_dim <= 64:
+        bm, bn = 128, 128
+    elif head_dim <= 128:
+        bm, bn = 128, 64
+    elif head_dim <= 256:
+        bm, bn = 64, 64
+    else:
+        bm, bn = 64, 32
+    if wide:
+        bn = max(MIN_TILE, bn // 2)
+        if head_dim > 64:
+            bm = 64
+    return bm, bn
+
+
+def granule(e: Expr) -> int | None:
+    """The alignment cap from block-structured terms (None: no constraint)."""
+    caps = []
+    for x in _walk_outer(e):
+        b = None
+        if _k(x) == "Block":
+            b = x.size
+        elif _k(x) == "Random":
+            b = x.block
+        elif _k(x) == "Blockwise":
+            b = x.block
+        if b is not None:
+            g = largest_pow2_divisor(b)
+            if g >= MIN_TILE:
+                caps.append(g)
+    return min(caps) if caps else None
+
+
+def _walk_outer(e: Expr):
+    """Nodes of ``e`` without descending into blockwise bodies (those are in block units)."""
+    yield e
+    if _k(e) == "Blockwise":
+        return
+    for c in e.children():
+        yield from _walk_outer(c)
+
+
+def _pow2_ceil(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def choose(e: Expr, kind: ViewKind, n: int, nq: int, head_dim: int, dtype) -> tuple[int, int]:
+    """``nq``: the query rows the part's view holds."""
+    bm, bn = base_tiles(head_dim, dtype)
+    caps_m, caps_n = [], []
+    g = granule(e)
+    if g is not None:
+        caps_m.append(g)
+        caps_n.append(g)
+    sk = kind.s if kind.kind in ("d", "k") else 1
+    w = extent(e, sk, n)
+    if isinstance(w, int):
+        c = pow2_floor(max(w // 4, 1))
+        caps_m.append(c)
+        caps_n.append(c)
+    if kind.kind in ("d", "q"):
+        caps_m.append(pow2_floor(max(-(-n // kind.s) // 4, 1)))
+    if kind.kind in ("d", "k"):
+        caps_n.append(pow2_floor(max(-(-n // kind.s) // 4, 1)))
+    caps_m.append(_pow2_ceil(max(nq, 1)))
+    caps_n.append(_pow2_ceil(max(n, 1)))
+    bm = max(MIN_TILE, min([bm] + caps_m))
+    bn = max(MIN_TILE, min([bn] + caps_n))
+    return bm, bn
+
+
+# ---------------------------------------------------------------------------
+# Plans: the parts of one call
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class PartRuns:
+    """One part as the planner computes it (docs/PLAN.md, "The executed structure")."""
+
+    view: ViewKind
+    predicate: object
+    q_view: View
+    k_view: View
+    kv_lo: torch.Tensor   # int32 [q_view.num_tiles, S]
+    kv_hi: torch.Tensor
+    kv_full: torch.Tensor  # bool
+
+
+def plan_parts(expr, n: int, nq: int, q_offset: int, head_dim: int, dtype, block_m, block_n,
+               ctx: Context, N=NODES):
+    """``(parts, (block_m, block_n))`` of ``expr`` for one call: the non-empty disjoint parts
+    in order, and the plain tiling.  Arguments are validated by the caller; ``N`` is the
+    node namespace the part predicates are built from."""
+    parts = []
+    plain = None
+    for kind, pred in disjoint_parts(expr, n, N):
+        a, b = kind.rows(q_offset, q_offset + nq)
+        bm, bn = choose(pred, kind, n, b - a, head_dim, dtype)
+        bm, bn = block_m or bm, block_n or bn
+        qv, kv = kind.views(q_offset, q_offset + nq, n, bm, bn)
+        g = Geom.make(kind, qv, kv, n)
+        hull, core = tile_spaces(pred, g, ctx, clip=False)
+        lo, hi, full = tile_runs(hull, core, g)
+        if kind == IDENTITY:
+            plain = (bm, bn)
+        if bool((hi > lo).any()):
+            parts.append(PartRuns(kind, pred, qv, kv, lo, hi, full))
+    if plain is None:
+        plain = choose(expr, IDENTITY, n, nq, head_dim, dtype)
+    return tuple(parts), (block_m or plain[0], block_n or plain[1])
+
+
+# ---------------------------------------------------------------------------
+# Ownership: which part a pair belongs to, from per-leaf views
+# ---------------------------------------------------------------------------
+#
+# ``split`` assigns every leaf (and every item of an index or offset set) a view; a pair
+# lies in the piece of view v when some leaf items it satisfies combine to v through the
+# expression (union: either; intersection: ``_combine`` of both sides' views, None when
+# incompatible, which only happens when no pair satisfies both; difference: the left side's
+# views when the right side does not hold).  A pair's *view set* W is therefore computed
+# bottom-up from the pair alone, it is non-empty exactly when the pattern allows the pair,
+# and the part owning the pair is the first view of W in part order.  A kernel evaluates W
+# as a bitmask (bit i: the i-th view in order; bit 0 is the identity view) from:
+#   slots: one view per taggable leaf slot, in walk order (see `owner_slots`),
+#   table: the bit of _combine(view i, view j), row-major [V, V], 0 when incompatible.
+# Part i's predicate is then "bit i of W set, no lower bit set".
+
+MAX_OWNER_VIEWS = 30   # bitmasks live in int32
+
+
+def _row_views(progs, n: int):
+    """The view ``_row_groups`` gives each row progression (None for an empty item)."""
+    plain = sorted((a, b) for a, b, s in (p for p in progs if p is not None) if s == 1)
+    merged: list = []
+    for a, b in plain:
+        if merged and a - merged[-1][1] <= MIN_CLASS:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out = []
+    for p in progs:
+        if p is None:
+            out.append(IDENTITY)
+        elif p[2] > 1:
+            out.append(ViewKind("q", p[2], p[0] % p[2], p[0], p[1]) if _fits_axis(p[2], n) else IDENTITY)
+        else:
+            a, b = next((a, b) for a, b in merged if a <= p[0] and p[1] <= b)
+            out.append(ViewKind("id", qlo=a, qhi=b) if b - a <= SHORT_ROWS else IDENTITY)
+    return out
+
+
+def _step_views(progs, n: int, kind: str):
+    out = []
+    for p in progs:
+        fits = p is not None and p[2] > 1 and (_fits(p[2], n) if kind == "d" else _fits_axis(p[2], n))
+        out.append(ViewKind(kind, p[2], p[0] % p[2]) if fits else IDENTITY)
+    return out
+
+
+def _item_progs(index, n: int, offsets: bool):
+    out = []
+    for item in index.items:
+        one = IndexSet((item,))
+        got = resolve_offsets(one, -max(n - 1, 0), max(n, 1)) if offsets else resolve_index(one, n)
+        out.append(got[0] if got else None)
+    return out
+
+
+def leaf_slots(e, n: int):
+    """The views of one leaf's slots (None: not a taggable leaf, its pairs are identity)."""
+    kind = _k(e)
+    if kind == "Stride":
+        return [ViewKind("d", e.step, 0) if _fits(e.step, n) else IDENTITY]
+    if kind == "Dilated":
+        return [ViewKind("d", e.dilation, 0) if _fits(e.dilation, n) else IDENTITY]
+    if kind == "Every":
+        return [ViewKind("k", e.step, e.offset) if _fits_axis(e.step, n) else IDENTITY]
+    if kind == "Slash":
+        return _step_views(_item_progs(e.offsets, n, True), n, "d")
+    if kind == "Cols":
+        return _step_views(_item_progs(e.index, n, False), n, "k")
+    if kind == "Rows":
+        return _row_views(_item_progs(e.index, n, False), n)
+    if kind == "Global":
+        progs = _item_progs(e.index, n, False)
+        rows, cols = _row_views(progs, n), _step_views(progs, n, "k")
+        return [v for pair in zip(rows, cols) for v in pair]   # row slot, then column slot
+    return None
+
+
+def owner_slots(e, n: int) -> list:
+    """Every taggable leaf's slot views in walk order (terms in order, a difference's left
+    side first, blockwise bodies not entered)."""
+    out: list = []
+
+    def walk(x):
+        if _k(x) in ("Union", "Intersect", "Difference"):
+            for c in x.children():
+                walk(c)
+            return
+        got = leaf_slots(x, n)
+        if got is not None:
+            out.extend(got)
+    walk(e)
+    return out
+
+
+def _possible(e, n: int, seen: set) -> frozenset:
+    kind = _k(e)
+    if kind == "Union":
+        out = frozenset().union(*(_possible(t, n, seen) for t in e.terms))
+    elif kind == "Intersect":
+        out = _possible(e.terms[0], n, seen)
+        for t in e.terms[1:]:
+            other = _possible(t, n, seen)
+            out = frozenset(v for a in out for b in other for v in (_combine(a, b, n),) if v is not None)
+    elif kind == "Difference":
+        out = _possible(e.left, n, seen)
+        _possible(e.right, n, seen)
+    else:
+        got = leaf_slots(e, n)
+        out = frozenset([IDENTITY] if got is None else got)
+    seen |= out
+    return out
+
+
+@dataclass(frozen=True)
+class OwnerProgram:
+    """Per length: the views in part order, the slot views (as bits) and the combine table."""
+
+    views: tuple
+    slot_bits: tuple
+    table: tuple
+
+    def bit(self, view) -> int:
+        return 1 << self.views.index(view)
+
+    def params(self, view) -> list:
+        """The integers a generic kernel reads after the pattern's own parameters: slot bits,
+        the part's bit and the mask of the bits below it, V, then the combine table."""
+        b = self.bit(view)
+        return list(self.slot_bits) + [b, b - 1, len(self.views)] + list(self.table)
+
+
+def owner_program(e, n: int):
+    """The :class:`OwnerProgram` of ``e`` at length ``n``; None beyond ``MAX_OWNER_VIEWS``
+    views (the caller then needs another way to evaluate part predicates)."""
+    seen: set = {IDENTITY}
+    _possible(e, n, seen)
+    views = tuple(sorted(seen, key=ViewKind.order))
+    if len(views) > MAX_OWNER_VIEWS:
+        return None
+    index = {v: i for i, v in enumerate(views)}
+    slots = tuple(1 << index[v] for v in owner_slots(e, n))
+    table = []
+    for a in views:
+        for b in views:
+            c = _combine(a, b, n)
+            table.append(1 << index[c] if c in index else 0)
+    return OwnerProgram(views, slots, tuple(table))
