@@ -19,6 +19,7 @@ token is position 0, as in transformers' own ``position_ids``).  The model's own
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 
 import torch
@@ -234,6 +235,10 @@ def _sparse(attn, q, k, v, valid, *, layer: int, scale):
     return out
 
 
+def _takes_queries(kv) -> bool:
+    return "q" in inspect.signature(kv.update).parameters
+
+
 class _PsparseLayer(CacheLayerMixin):
     """transformers' view of one layer of a :class:`PsparseCache`: how many slots (pads included)
     it has seen.  The keys themselves live in the psparse KVCache."""
@@ -357,8 +362,11 @@ class PsparseCache(Cache):
             new_valid = None
         extra = {} if new_valid is None else {"valid": new_valid}
         if past == 0:
-            # The prompt: the sparse kernel over its own keys, then keep what the policy retains.
+            # The prompt: the sparse kernel over its own keys, then keep what the policy retains
+            # (score terms such as snap read the prompt's queries, where the cache takes them).
             out = _sparse(attn, q, k, v, new_valid, layer=index, scale=scale)
+            if _takes_queries(kv):
+                extra.update(q=q, scale=scale)
             kv.update(i, k, v, **extra)
             return out
         if new_valid is not None and not bool(new_valid[:, k.shape[2] - q.shape[2]:].all()):
