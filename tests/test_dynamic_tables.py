@@ -1,0 +1,270 @@
+"""Dynamic lines as a static part plus table parts (patterndsl.dynamic.split / tables):
+outputs, log-sum-exp and gradients of the torch and interpret backends against dense
+float64 attention under the reference mask (``Spec.mask(n, q=, k=)``), the tables against
+that mask, one launch per part (never one plan per batch element and head for a monotone
+line), the per-call work accounting, and the dynamic examples.
+
+Inputs are Gaussian with fixed seeds; tests/test_dynamic.py checks that such inputs
+separate the scores around every cut, so the chosen sets are the reference's exactly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import patterndsl
+from patterndsl import ir
+from patterndsl.dynamic import estimate, select
+from patterndsl.dynamic.split import split
+from patterndsl.dynamic.tables import build_tables
+from patterndsl.dynamic import predicate as dyn_predicate
+from patterndsl.plan.context import Context
+
+TOL = 1e-5
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(estimate, "KEY_CHUNK", 16)
+    monkeypatch.setattr(estimate, "BLOCK_TILE_SCORES", 64)
+
+
+def inputs(B=2, Hq=4, Hkv=2, n=80, nq=None, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    nq = n if nq is None else nq
+    q = torch.randn(B, Hq, nq, D, generator=g) * 1.5
+    k = torch.randn(B, Hkv, n, D, generator=g) * 1.5
+    v = torch.randn(B, Hkv, n, D, generator=g)
+    return q, k, v
+
+
+def dense(q, k, v, mask, scale, kv_lens=None):
+    g = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    if kv_lens is not None:
+        keep = torch.arange(k.shape[2]).view(1, -1) < kv_lens.view(-1, 1)
+        mask = mask & keep[:, None, None, :]
+    s = (scale * q @ kk.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return torch.softmax(s, -1).nan_to_num(0.0) @ vv, lse
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def check(attn, n, nq, *, B=2, Hq=4, Hkv=2, D=16, seed=7, kv_lens=None, q_offset=None,
+          layer=0, scale=None):
+    q, k, v = (x.requires_grad_() for x in inputs(B, Hq, Hkv, n, nq, D, seed))
+    out, lse = attn(q, k, v, return_lse=True, kv_lens=kv_lens, q_offset=q_offset, layer=layer,
+                    scale=scale)
+    sc = D ** -0.5 if scale is None else scale
+    mask = attn.mask(n, q=q.detach(), k=k.detach(), layer=layer, q_offset=q_offset, scale=sc,
+                     num_layers=attn.num_layers)
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref, ref_lse = dense(qd, kd, vd, mask, sc, kv_lens)
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    (ref * grad.double()).sum().backward()
+    assert rel(out, ref) < TOL
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert float((lse.detach()[finite].double() - ref_lse.detach()[finite]).abs().max()) < TOL * 10
+    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
+        assert rel(got, want) < TOL
+    return mask
+
+
+# ---------------------------------------------------------------------------
+# The split
+# ---------------------------------------------------------------------------
+
+def test_split_static_part_and_monotonicity():
+    e = patterndsl.parse("causal & (sink(4) | local(8) | vertical(topk=8) | slash(topk=4))") \
+        .canonical_ir.rules[0].expr
+    sp = split(e)
+    assert not sp.static.is_dynamic
+    assert patterndsl.parse("causal & (sink(4) | local(8))").canonical_ir.rules[0].expr == sp.static
+    assert [type(p.term) for p in sp.parts] == [ir.TopVertical, ir.TopSlash]
+    for text in ("causal - vertical(topk=3)", "local(4) - (causal & slash(topk=2))"):
+        assert split(patterndsl.parse(text).canonical_ir.rules[0].expr) is None
+    assert split(patterndsl.parse("blocks(2, 8) - local(1)").canonical_ir.rules[0].expr) is not None
+
+
+@pytest.mark.parametrize("text", [
+    "causal & (sink(2) | local(6) | vertical(topk=5) | slash(topk=3))",
+    "local(5) & slash(topk=2) | causal & blocks(topk=2, block=8) | vertical(topk=2, by=norm)",
+    "blocks(3, 7) - local(1) | rows([0:3])",
+])
+@pytest.mark.parametrize("n,nq", [(45, 45), (45, 17)])
+def test_tables_and_parts_reproduce_the_reference_mask(text, n, nq):
+    """Static part | table parts == the reference mask, the parts pairwise disjoint, every
+    allowed pair of a part inside the key slots its tables visit."""
+    from patterndsl.backends.torch_backend import _table_slots
+    from patterndsl.reference import expr_mask
+    spec = patterndsl.parse(text)
+    expr = spec.canonical_ir.rules[0].expr
+    q, k, _ = inputs(n=n, nq=nq, seed=3)
+    ref = spec.mask(n, q=q, k=k)                                   # [B, H, nq, n]
+    sp = split(expr)
+    sels = select(spec, q, k)
+    tabs = build_tables(sp, sels, [0, 1, 2, 3], 2, nq, n, n - nq, block_m=16, block_n=16)
+    ctx = Context(n)
+    qq = torch.arange(n - nq, n).view(1, -1, 1)
+    kk = torch.arange(n).view(1, 1, -1)
+    bh = torch.arange(8).view(-1, 1, 1)
+    total = expr_mask(sp.static, n, nq=nq).expand(8, nq, n).clone()
+    whole = dyn_predicate.evaluate(expr, qq, kk, bh, ctx, tabs)
+    assert torch.equal(whole, ref.reshape(8, nq, n))
+    for tp in tabs.parts:
+        part = dyn_predicate.evaluate(tp.predicate, qq, kk, bh, ctx, tabs)
+        assert not bool((part & total).any())
+        total |= part
+        qpos, kpos = _table_slots(tp, n - nq, nq, n)
+        seen = torch.zeros(8, nq + 1, n + 1, dtype=torch.bool)
+        rows = torch.where(qpos >= 0, qpos - (n - nq), nq)          # [T, bm]
+        cols = torch.where(kpos >= 0, kpos, n)                      # [BH, T, W]
+        seen[torch.arange(8).view(-1, 1, 1, 1), rows[None, :, :, None], cols[:, :, None, :]] = True
+        assert not bool((part & ~seen[:, :nq, :n]).any())
+    assert torch.equal(total, ref.reshape(8, nq, n))
+
+
+def test_tables_never_read_the_host():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    spec = patterndsl.parse("causal & (local(4) | vertical(topk=4) | slash(topk=3) | "
+                            "blocks(topk=2, block=8))")
+    sp = split(spec.canonical_ir.rules[0].expr)
+    with FakeTensorMode():
+        q, k = torch.randn(2, 4, 50, 16), torch.randn(2, 2, 64, 16)
+        tabs = build_tables(sp, select(spec, q, k), [0, 1, 2, 3], 2, 50, 64, 14)
+    assert [tp.mode for tp in tabs.parts] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------
+# Attention against dense float64 (torch backend)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "causal & (vertical(topk=4) | slash(topk=3))",
+    "causal & (sink(2) | local(8) | vertical(topk=8) | slash(topk=4))",
+    "vertical(topk=3, by=norm) | local(2)",
+    "causal & blocks(topk=2, block=16)",
+    "blocks(3, 7) | causal & slash(topk=2)",
+    "local(5) & slash(topk=2) | causal & blocks(topk=1, block=8)",
+])
+@pytest.mark.parametrize("n,nq", [(77, 77), (71, 30), (66, 1)])
+def test_torch_backend_matches_dense(text, n, nq):
+    attn = patterndsl.compile(text, block_m=16, block_n=16)
+    check(attn, n, nq)
+
+
+def test_budgets_kv_lens_offset_and_scale():
+    attn = patterndsl.compile("budget = adaptive(floor=0.25); causal & (local(3) | "
+                              "vertical(topk=4) | slash(topk=3))", block_m=16, block_n=32)
+    check(attn, 63, 40, kv_lens=torch.tensor([50, 63]))
+    attn = patterndsl.compile("budget = pyramid(beta=4); causal & (vertical(topk=6) | "
+                              "blocks(topk=2, block=8))", num_layers=3, block_m=16, block_n=16)
+    check(attn, 59, 59, layer=1)
+    attn = patterndsl.compile("causal & (sink(1) | slash(topk=3) | vertical(topk=2))")
+    check(attn, 60, 20, q_offset=15, scale=0.7)
+
+
+def test_mixed_heads_and_gqa_groups():
+    text = ("heads 0:2 = causal & local(4)\nheads 2:3 = causal & (sink(1) | slash(topk=2))\n"
+            "heads 3:4 = vertical(topk=3, by=lownorm)")
+    check(patterndsl.compile(text, block_m=16, block_n=16), 40, 40, Hq=4, Hkv=2)
+    check(patterndsl.compile("causal & (vertical(topk=3) | slash(topk=2))"), 90, 90, Hq=6, Hkv=2)
+
+
+def test_non_monotone_lines_keep_substitution():
+    check(patterndsl.compile("causal - vertical(topk=3, last=5)", block_m=16, block_n=16), 40, 40,
+          B=1, Hq=2, Hkv=1)
+
+
+# ---------------------------------------------------------------------------
+# One launch per part; work accounting
+# ---------------------------------------------------------------------------
+
+def _count(monkeypatch):
+    from patterndsl import plan as plan_pkg
+    from patterndsl.backends import torch_backend
+    calls = {"plans": 0, "static": 0, "table": 0}
+    for mod, name, key in ((torch_backend, "forward_part", "static"),
+                           (torch_backend, "forward_table_part", "table"),
+                           (plan_pkg, "build_plan", "plans")):
+        real = getattr(mod, name)
+
+        def wrapped(*a, _real=real, _key=key, **kw):
+            calls[_key] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(mod, name, wrapped)
+    return calls
+
+
+def test_one_launch_per_part(monkeypatch):
+    calls = _count(monkeypatch)
+    attn = patterndsl.compile("causal & (sink(2) | local(8) | vertical(topk=8) | slash(topk=4))",
+                              block_m=16, block_n=16)
+    q, k, v = inputs(B=3, Hq=4, Hkv=2, n=70, seed=1)
+    attn(q, k, v)
+    assert calls["plans"] == 1 and calls["table"] == 2
+    from patterndsl.plan.builder import build_plan
+    plan = build_plan(split(attn.spec.pattern(0)).static, 70, head_dim=16,
+                                      dtype=torch.float32, block_m=16, block_n=16)
+    assert calls["static"] == len(plan.parts)
+    assert attn.last_work.launches == len(plan.parts) + 2
+    # a line that is not monotone is still planned per (batch element, head)
+    calls.update(plans=0, table=0)
+    patterndsl.compile("causal - slash(topk=2)", block_m=16, block_n=16)(q, k, v)
+    assert calls["plans"] == 3 * 4 and calls["table"] == 0
+
+
+def test_work_accounting():
+    attn = patterndsl.compile("causal & (sink(2) | local(6) | vertical(topk=5) | slash(topk=3) "
+                              "| blocks(topk=1, block=16))", block_m=16, block_n=16)
+    q, k, v = inputs(n=75, nq=60, seed=4)
+    attn(q, k, v)
+    last = attn.last_work
+    w = attn.work(q, k)
+    mask = attn.mask(75, q=q, k=k)
+    assert w.allowed_pairs == int(mask.sum())
+    assert w.executed_pairs == last.executed_pairs >= w.allowed_pairs
+    assert last.allowed_pairs is None and last.table_executed > 0 and last.static_executed > 0
+    assert w.executed_pairs == w.static_executed + w.table_executed
+
+
+# ---------------------------------------------------------------------------
+# The generated kernels under Triton's interpreter (small: the interpreter is slow)
+# ---------------------------------------------------------------------------
+
+triton = pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("text,n,nq,kw", [
+    ("causal & (sink(2) | local(4) | vertical(topk=3) | slash(topk=2))", 40, 40,
+     dict(kv_lens=torch.tensor([33]))),
+    ("blocks(2, 7) | vertical(topk=2, by=norm)", 37, 20, {}),
+    ("causal & (slash(topk=2) | blocks(topk=1, block=16))", 45, 1, {}),
+])
+def test_interpret_backend_matches_dense(text, n, nq, kw):
+    attn = patterndsl.compile(text, backend="interpret", block_m=16, block_n=16)
+    check(attn, n, nq, B=1, Hq=2, Hkv=1, **kw)
+
+
+# ---------------------------------------------------------------------------
+# The dynamic examples
+# ---------------------------------------------------------------------------
+
+DYNAMIC_EXAMPLES = ["minference_vertical_slash.psp", "top2_norms.psp", "block_topk.psp",
+                    "sink_local_vertical_slash.psp"]
+
+
+@pytest.mark.parametrize("name", DYNAMIC_EXAMPLES)
+def test_dynamic_examples_run(name):
+    attn = patterndsl.compile((EXAMPLES / name).read_text(), block_m=32, block_n=32)
+    assert attn.spec.is_dynamic
+    # at this length some counts take every candidate; the selection still runs per call
+    check(attn, 150, 150, B=1, Hq=2, Hkv=1, D=16)
