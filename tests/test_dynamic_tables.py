@@ -155,7 +155,7 @@ def test_tables_never_read_the_host():
     "blocks(3, 7) | causal & slash(topk=2)",
     "local(5) & slash(topk=2) | causal & blocks(topk=1, block=8)",
 ])
-@pytest.mark.parametrize("n,nq", [(77, 77), (71, 30), (66, 1)])
+@pytest.mark.parametrize("n,nq", [(71, 71), (66, 1)])
 def test_torch_backend_matches_dense(text, n, nq):
     attn = patterndsl.compile(text, block_m=16, block_n=16)
     check(attn, n, nq)
