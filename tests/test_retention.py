@@ -118,8 +118,10 @@ def test_policy_union_of_position_terms():
         want = {i for i in range(n) if i < 3 or i >= n - 4 or i >= (n - 1) // 8 * 8}
         assert set(p.keep(k, n).nonzero().flatten().tolist()) == want
     assert position_policy(None, [pat]).bound is None
-    with pytest.raises(PsparseUsageError, match="heavy"):
-        position_policy(ir.Retention((ir.KvSink(2), ir.KvHeavy(4))), [pat])
+    assert position_policy(ir.Retention((ir.KvSink(2), ir.KvHeavy(4))), [pat]).bound == 6
+    # built without the front end, a score term beside auto is still refused
+    with pytest.raises(PsparseUsageError, match="beside auto"):
+        position_policy(ir.Retention((ir.KvAuto(), ir.KvHeavy(4))), [pat])
 
 
 def test_score_term_beside_auto_is_rejected_by_the_front_end():
@@ -245,9 +247,12 @@ def test_bad_use_is_refused_and_leaves_the_cache_unchanged():
     assert torch.equal(cache.positions(0, 0), state[2]) and torch.equal(cache._k[0], state[3])
 
 
-def test_score_terms_are_refused_by_the_cache():
+def test_snap_needs_the_prompt_queries():
+    cache = KVCache(parse("causal\nkv = sink(4) + snap(16)"), 1, 1, 1, 4)
+    assert not cache.bounded and "snap" in cache.why
     with pytest.raises(PsparseUsageError, match="snap"):
-        KVCache(parse("causal\nkv = sink(4) + snap(16)"), 1, 1, 1, 4)
+        cache.update(0, torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4))
+    assert cache.lengths(0).tolist() == [0] and cache.held(0) == [0]
 
 
 def test_compiled_pattern_kv_cache_and_2000_steps():
@@ -368,11 +373,9 @@ def test_norm_terms_match_the_rule(kv, terms):
                 torch.testing.assert_close(got[b, hq], p @ v_all[b, h, keep], rtol=1e-5, atol=1e-6)
 
 
-def test_norm_counts_follow_a_pyramid_budget_and_adaptive_is_refused():
+def test_norm_counts_follow_a_pyramid_budget():
     spec = parse("causal\nkv = recent(2) + norm(10)\nbudget = pyramid(beta=2)")
     cache = KVCache(spec, 3, 1, 1, 4)
     # lo = 5, hi = 15: layers 0, 1, 2 keep 15, 10, 5 by norm.
     assert [p[0].scores for p in cache.policies] == [((15, False),), ((10, False),), ((5, False),)]
     assert cache.capacity == 2 + 15
-    with pytest.raises(PsparseUsageError, match="adaptive"):
-        KVCache(parse("causal\nkv = norm(4)\nbudget = adaptive"), 1, 1, 1, 4)

@@ -1,17 +1,21 @@
-"""Retention policies: the keys ``auto``, ``sink(m)``, ``recent(w)`` and ``norm(h)`` keep.
+"""Retention policies: what ``auto``, ``sink(m)``, ``recent(w)``, ``heavy(h)``, ``snap(h)`` and
+``norm(h)`` keep (LANGUAGE.md "Retention"), one policy per (layer, KV head).
 
-Position terms are decided from positions alone and their kept sets are joined (union,
-LANGUAGE.md "Retention").  A policy is built per KV head: ``auto`` keeps what any of that KV
-head's query heads may still attend, so it analyses the union of their patterns.
+Position terms are decided from positions alone and their kept sets are joined.  ``auto``
+keeps what any of the KV head's query heads may still attend, so it analyses the union of
+their patterns.  Score terms then pick, in the order written, among the keys nothing before
+them keeps (ties evict the earliest position):
 
-Score terms then pick, in the order written, among the keys nothing before them keeps.
-``norm(h)`` / ``norm(h, low=true)`` is implemented: the key L2 norm is the score, decided after
-every step like ``heavy`` (the lowest score is evicted, ties evict the earliest position).
-``heavy`` and ``snap`` need attention probabilities from the decode kernel and the prompt's
-last queries; they are refused with a usage error rather than silently keeping something
-else, as is an ``adaptive`` budget over score terms (it shares counts across KV heads when the
-prompt ends).  ``pyramid`` reshapes the ``norm`` counts per layer.  Without a ``kv`` line
-nothing is evicted.
+- ``norm(h)``: the key L2 norm, decided after every step;
+- ``heavy(h)`` (H2O): the attention probability a key received, accumulated by the cache
+  from the decode kernel's fused output (and the prompt's queries), decided after each step;
+- ``snap(h, window, pool)`` (SnapKV): decided once when the prompt ends from the pooled
+  attention of the prompt's last ``window`` queries; every later key is kept, so the policy
+  has no bound.
+
+Budgets reshape the score counts: ``pyramid`` per layer (here), ``adaptive`` per batch element
+and KV head when the prompt ends (the cache does that; ``ScoreTerm.most`` is the largest count
+one head can get, what storage is sized for).  Without a ``kv`` line nothing is evicted.
 """
 from __future__ import annotations
 
@@ -22,7 +26,21 @@ from ..budgets import layer_count
 from ..errors import PsparseUsageError
 from .auto import Reach, analyze
 
-__all__ = ["PositionPolicy", "position_policy", "head_policies", "pick_scores"]
+__all__ = ["PositionPolicy", "ScoreTerm", "position_policy", "head_policies", "pick_scores",
+           "best"]
+
+
+@dataclass(frozen=True)
+class ScoreTerm:
+    """One score term: ``kind`` is "norm", "heavy" or "snap"; ``count`` after ``pyramid``;
+    ``most``: the largest count a head can get (``count`` unless the budget is adaptive)."""
+
+    kind: str
+    count: int
+    most: int
+    low: bool = False
+    window: int = 32
+    pool: int = 7
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,8 @@ class PositionPolicy:
     auto: Reach | None
     keep_all: bool = False
     scores: tuple = ()   # ((count, low), ...) of the norm terms, in the order written
+    terms: tuple = ()    # every score term (ScoreTerm), in the order written
+    adaptive: float | None = None   # the adaptive budget's floor, if any
 
     def keep(self, k, n: int):
         """bool like ``k`` (int64 positions ``< n``): the stored keys to keep."""
@@ -52,8 +72,10 @@ class PositionPolicy:
     def bound(self) -> int | None:
         if self.keep_all or (self.auto is not None and self.auto.bound is None):
             return None
+        if any(t.kind == "snap" for t in self.terms):
+            return None
         return (self.sink + self.recent + (self.auto.bound if self.auto is not None else 0)
-                + sum(c for c, _ in self.scores))
+                + sum(t.most for t in self.terms))
 
     @property
     def why(self) -> str:
@@ -61,7 +83,18 @@ class PositionPolicy:
             return "no kv line: the cache keeps every key"
         if self.auto is not None and self.auto.bound is None:
             return f"auto keeps every key that stays reachable under {self.auto.why}"
+        if any(t.kind == "snap" for t in self.terms):
+            return "snap keeps every key generated after the prompt"
         return ""
+
+    @property
+    def heavy(self) -> bool:
+        return any(t.kind == "heavy" for t in self.terms)
+
+    @property
+    def needs_attention(self) -> bool:
+        """Some term scores keys by attention (heavy, snap): the prompt's queries are needed."""
+        return any(t.kind in ("heavy", "snap") for t in self.terms)
 
     @property
     def exact(self) -> bool:
@@ -70,37 +103,44 @@ class PositionPolicy:
 
 def position_policy(retention: ir.Retention | None, patterns: list[ir.Expr], *,
                     budget: ir.Budget | None = None, layer: int | None = None,
-                    num_layers: int | None = None) -> PositionPolicy:
-    """The policy of ``retention`` for a KV head whose query heads use ``patterns``."""
+                    num_layers: int | None = None, num_kv_heads: int = 1) -> PositionPolicy:
+    """The policy of ``retention`` for a KV head whose query heads use ``patterns``
+    (``num_kv_heads``: the heads an adaptive budget shares counts across)."""
     if retention is None:
         return PositionPolicy(0, 0, None, keep_all=True)
     sink = recent = 0
     auto = False
-    scores = []
+    terms = []
+    floor = budget.floor if isinstance(budget, ir.Adaptive) else None
     for t in retention.terms:
-        if isinstance(t, ir.KvNorm):
-            if isinstance(budget, ir.Adaptive):
-                raise PsparseUsageError(
-                    "an adaptive budget over norm(...) is not implemented by this cache; "
-                    "use uniform or pyramid")
-            scores.append((layer_count(t.count, budget, layer, num_layers), t.low))
-            continue
-        if isinstance(t, ir.KvSink):
+        if isinstance(t, ir.SCORE_KV_TYPES):
+            count = layer_count(t.count, budget, layer, num_layers)
+            most = count
+            if floor is not None:
+                # every other head keeps its first round(floor * h); this one may take the rest
+                most = count * num_kv_heads - (num_kv_heads - 1) * round(floor * count)
+            if isinstance(t, ir.KvNorm):
+                terms.append(ScoreTerm("norm", count, most, low=t.low))
+            elif isinstance(t, ir.KvHeavy):
+                terms.append(ScoreTerm("heavy", count, most))
+            else:
+                terms.append(ScoreTerm("snap", count, most, window=t.window, pool=t.pool))
+        elif isinstance(t, ir.KvSink):
             sink = max(sink, t.count)
         elif isinstance(t, ir.KvRecent):
             recent = max(recent, t.count)
         elif isinstance(t, ir.KvAuto):
             auto = True
-        else:
-            name = {ir.KvHeavy: "heavy", ir.KvSnap: "snap"}[type(t)]
-            raise PsparseUsageError(
-                f"kv = ... uses {name}, a score-based term this cache does not implement; "
-                "use position terms (auto, sink, recent) and norm(...)")
+    if auto and terms:
+        raise PsparseUsageError(
+            f"kv = ... puts {terms[0].kind}(...) beside auto: auto already keeps every key the "
+            "pattern allows; use sink/recent with score terms, or auto alone")
     reach = None
     if auto:
         expr = patterns[0] if len(patterns) == 1 else ir.Union(tuple(patterns))
         reach = analyze(expr)
-    return PositionPolicy(sink, recent, reach, scores=tuple(scores))
+    scores = tuple((t.count, t.low) for t in terms if t.kind == "norm")
+    return PositionPolicy(sink, recent, reach, scores=scores, terms=tuple(terms), adaptive=floor)
 
 
 def head_policies(program: ir.Program, num_heads: int, num_kv_heads: int,
@@ -123,7 +163,7 @@ def head_policies(program: ir.Program, num_heads: int, num_kv_heads: int,
             if rule.expr not in patterns:
                 patterns.append(rule.expr)
         out.append(position_policy(program.kv, patterns, budget=program.budget, layer=layer,
-                                   num_layers=num_layers))
+                                   num_layers=num_layers, num_kv_heads=num_kv_heads))
     return out
 
 
@@ -142,4 +182,22 @@ def pick_scores(scores: tuple, positions, norms):
         order = by_pos[torch.sort(key, descending=True, stable=True).indices]
         free = order[~taken[order]]
         taken[free[:count]] = True
+    return taken
+
+
+def best(score, candidates, count: int):
+    """bool like ``candidates``: the ``count`` candidates with the largest ``score``, ties
+    keeping the later slot (slots are in position order, so ties evict the earliest)."""
+    import torch
+
+    taken = torch.zeros_like(candidates)
+    idx = candidates.nonzero().flatten()
+    if count <= 0 or idx.numel() == 0:
+        return taken
+    if idx.numel() <= count:
+        taken[idx] = True
+        return taken
+    rev = idx.flip(0)
+    order = torch.sort(score[rev], descending=True, stable=True).indices
+    taken[rev[order[:count]]] = True
     return taken
