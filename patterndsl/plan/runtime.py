@@ -16,8 +16,6 @@ builds new nodes (splitting a pattern into parts) takes the namespace to build t
 :func:`owner_program` describes, per length, which part owns each allowed pair: the data
 a module's generic per-pattern kernels need to evaluate any part's predicate.
 """
-from __future__ import annotations
-
 import functools
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -898,7 +896,7 @@ def _member(x: torch.Tensor, progs) -> torch.Tensor:
     return out
 
 
-def evaluate(e: Expr, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torch.Tensor:
+def evaluate(e: Expr, q: torch.Tensor, k: torch.Tensor, ctx: "Context") -> torch.Tensor:
     n = ctx.n
     if _k(e) == "Union":
         out = evaluate(e.terms[0], q, k, ctx)
@@ -966,7 +964,7 @@ def evaluate(e: Expr, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torch.T
     raise TypeError(f"not a pattern expression: {e!r}")
 
 
-def tile_mask(e: Expr, q_pos: torch.Tensor, k_pos: torch.Tensor, ctx: Context) -> torch.Tensor:
+def tile_mask(e: Expr, q_pos: torch.Tensor, k_pos: torch.Tensor, ctx: "Context") -> torch.Tensor:
     """``[..., len(q_pos), len(k_pos)]`` mask of one or a batch of tiles; padding (-1)
     positions are never allowed."""
     q = q_pos.unsqueeze(-1)
