@@ -2,12 +2,14 @@
 downloaded) generating with ``attn_implementation="psparse"`` against dense attention under the
 spec's reference mask (``Spec.mask``), with the retention cache, left padding and per-layer specs."""
 import copy
+import inspect
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 import patterndsl  # noqa: E402
 from patterndsl.errors import PsparseUsageError  # noqa: E402
@@ -17,6 +19,9 @@ SPEC = "causal & (sink(4) | local(16))\nkv = auto"
 BOUND = 4 + 17          # sinks + the window of 16 and the query's own key
 PROMPT, NEW = 24, 40
 NEG = torch.finfo(torch.float32).min
+# Later transformers 5 releases renamed generate()'s past_key_values= to cache=.
+CACHE = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters \
+    else "past_key_values"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,7 +68,8 @@ def _prompts(lengths, seed=1, pad_id=0):
     return ids, am
 
 
-def _generate(model, ids, am, steps, **kw):
+def _generate(model, ids, am, steps, cache=None):
+    kw = {} if cache is None else {CACHE: cache}
     out = model.generate(input_ids=ids, attention_mask=am, max_new_tokens=steps, do_sample=False,
                          return_dict_in_generate=True, output_logits=True, **kw)
     return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
@@ -251,15 +257,15 @@ def test_bad_use():
     integration = register(SPEC, name="psparse_bad")
     with pytest.raises(PsparseUsageError, match="attn_implementation='psparse_bad'"):
         eager.generate(input_ids=ids, attention_mask=am, max_new_tokens=3, do_sample=False,
-                       cache=integration.cache())
+                       **{CACHE: integration.cache()})
     model = _twin(eager, "psparse_bad")
     with pytest.raises(PsparseUsageError, match="beam search"):
         model.generate(input_ids=ids, attention_mask=am, max_new_tokens=3, num_beams=2,
-                       cache=integration.cache())
+                       **{CACHE: integration.cache()})
     # A cache made for one registration refuses another's attention.
     other = register(SPEC, name="psparse_other")
     with pytest.raises(PsparseUsageError, match="another registration"):
-        model.generate(input_ids=ids, attention_mask=am, max_new_tokens=2, cache=other.cache())
+        model.generate(input_ids=ids, attention_mask=am, max_new_tokens=2, **{CACHE: other.cache()})
     model.train()
     model.config.attention_dropout = 0.1
     for layer in model.model.layers:

@@ -129,10 +129,12 @@ class PsparseAttention:
         return attn, index
 
     # -- AttentionMaskInterface ------------------------------------------------
-    def mask(self, batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
-             mask_function=None, attention_mask=None, **kwargs):
+    def mask(self, batch_size: int, q_length=None, kv_length: int = 0, q_offset=0,
+             kv_offset: int = 0, mask_function=None, attention_mask=None, **kwargs):
         """The padding mask ``[batch, kv_length]`` (True = a real token), or None without padding.
-        ``mask_function`` (the model's own pattern) is not used: the spec is the pattern."""
+        ``mask_function`` (the model's own pattern) is not used: the spec is the pattern.  (Early
+        transformers 5 releases pass ``cache_position`` instead of ``q_length``/``q_offset``:
+        neither is needed.)"""
         if attention_mask is None:
             return None
         if attention_mask.dim() != 2:
@@ -249,10 +251,11 @@ class _PsparseLayer(CacheLayerMixin):
 
     def __init__(self):
         super().__init__()
+        self.is_initialized = False   # not set by the mixin before transformers 5
         self.seen = 0
         self.pending = False   # an update whose keys no psparse attention has taken yet
 
-    def lazy_initialization(self, key_states, value_states) -> None:
+    def lazy_initialization(self, key_states, value_states=None) -> None:
         self.device = key_states.device
         self.is_initialized = True
 
@@ -262,14 +265,19 @@ class _PsparseLayer(CacheLayerMixin):
         self.seen += key_states.shape[2]
         return key_states, value_states
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0
+    def get_mask_sizes(self, query_length) -> tuple[int, int]:
+        # Early transformers 5 releases pass the queries' cache_position tensor instead.
+        if isinstance(query_length, torch.Tensor):
+            query_length = query_length.shape[0]
+        return self.seen + int(query_length), 0
 
     def get_seq_length(self) -> int:
         return self.seen
 
     def get_max_length(self) -> int:
         return -1
+
+    get_max_cache_shape = get_max_length   # its name in early transformers 5 releases
 
     def reset(self) -> None:
         self.seen = 0
@@ -382,10 +390,14 @@ class PsparseCache(Cache):
         return [] if got is None else got[0].held(got[1])
 
     def nbytes(self) -> int:
-        """Bytes of key, value and position storage allocated by the psparse KV caches."""
-        total = 0
-        caches = {id(c): c for c, _ in self._kv.values()}
-        for c in caches.values():
-            for name in ("_k", "_v", "_pos"):
-                total += sum(t.numel() * t.element_size() for t in getattr(c, name, []))
+        """Bytes of the tensors the psparse KV caches hold now (keys, values, positions and any
+        per-key scores)."""
+        seen, total = set(), 0
+        for c, _ in self._kv.values():
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            for value in vars(c).values():
+                items = value if isinstance(value, (list, tuple)) else [value]
+                total += sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
         return total
