@@ -291,3 +291,21 @@ def test_prefill_of_a_length_dependent_pattern():
         got = _twin(eager, "psparse_n")(input_ids=ids, attention_mask=am, use_cache=False).logits
     real = am.bool()
     assert _rel(got[real], ref[real]) < 1e-5
+
+
+def test_prefill_through_the_triton_kernels_interpreted(streaming):
+    """The generated Triton kernels (Triton's interpreter on the CPU) in a padded prefill."""
+    _, eager, _ = streaming
+    register(SPEC, name="psparse_interpret", backend="interpret")
+    ids, am = _prompts([PROMPT, 15], seed=7)
+    with torch.no_grad():
+        got = _twin(eager, "psparse_interpret")(input_ids=ids, attention_mask=am,
+                                                use_cache=False).logits
+    state = {"valid": am.bool()}
+    spec = patterndsl.parse(SPEC)
+    _dense_per_layer("psparse_test_dense_streaming", [spec, spec], lambda: state["valid"])
+    with torch.no_grad():
+        ref = _twin(eager, "psparse_test_dense_streaming")(input_ids=ids, attention_mask=am,
+                                                           use_cache=False).logits
+    real = am.bool()
+    assert _rel(got[real], ref[real]) < 1e-5

@@ -100,7 +100,7 @@ class PsparseAttention:
         self.backend = backend
         # Compiling validates the backend now rather than at the first forward.
         self._compiled: dict[tuple[int, int], CompiledPattern] = {}
-        for i, s in enumerate(specs):
+        for s in specs:
             _compile(s, backend=backend)
 
     def __repr__(self) -> str:
@@ -377,7 +377,7 @@ class PsparseCache(Cache):
                 extra.update(q=q, scale=scale)
             kv.update(i, k, v, **extra)
             return out
-        if new_valid is not None and not bool(new_valid[:, k.shape[2] - q.shape[2]:].all()):
+        if new_valid is not None:
             raise PsparseUsageError("padding among tokens after the prompt: a PsparseCache "
                                     "decodes real tokens only")
         kv.update(i, k, v, **extra)
