@@ -309,3 +309,30 @@ def test_prefill_through_the_triton_kernels_interpreted(streaming):
                                                            use_cache=False).logits
     real = am.bool()
     assert _rel(got[real], ref[real]) < 1e-5
+
+
+def test_score_policies_stay_within_their_bound():
+    """heavy (fed by the prompt's queries and every decode step) and snap (at the prompt's end)
+    through generate() on a left-padded batch: the cache holds at most the policy's keys."""
+    eager = _model("eager", seed=8)
+    ids, am = _prompts([PROMPT, 15], seed=9)
+    for name, text, bound in (
+            ("psparse_heavy", "causal & (sink(4) | local(16))\nkv = sink(2) + recent(6) + heavy(5)",
+             2 + 6 + 5),
+            ("psparse_snap", "causal\nkv = snap(4, window=3, pool=3)", None)):
+        integration = register(text, name=name)
+        cache = integration.cache()
+        tokens, _ = _generate(_twin(eager, name), ids, am, 12, cache=cache)
+        assert tokens.shape == (2, 12)
+        kv, index = cache.kv(0)
+        lengths = kv.lengths(index).tolist()
+        assert lengths == [PROMPT + 11, 15 + 11]
+        for b, n in enumerate(lengths):
+            kept = kv.positions(index, 0, b).tolist()
+            if bound is not None:
+                assert len(kept) <= bound and {0, 1} <= set(kept) and n - 1 in kept
+            else:
+                # snap keeps 4 + the window of 3 prompt keys, then every generated key.
+                prompt = n - 11
+                assert len([p for p in kept if p < prompt]) == 4 + 3
+                assert [p for p in kept if p >= prompt] == list(range(prompt, n))

@@ -107,9 +107,9 @@ class PsparseAttention:
         texts = [s.canonical() for s in self.specs]
         return f"PsparseAttention({texts if self.per_layer else texts[0]!r}, name={self.name!r})"
 
-    def cache(self, *, max_len: int | None = None) -> "PsparseCache":
+    def cache(self, *, max_len: int | None = None, rows: int = 1) -> "PsparseCache":
         """A :class:`PsparseCache` for a model running this attention."""
-        return PsparseCache(self, max_len=max_len)
+        return PsparseCache(self, max_len=max_len, rows=rows)
 
     # -- which pattern runs a layer --------------------------------------------
     def pattern(self, layer: int, num_layers: int) -> tuple[CompiledPattern, int]:
@@ -298,9 +298,12 @@ class PsparseCache(Cache):
     device).  Pass it as ``generate(..., cache=...)`` (``past_key_values=`` in older
     transformers) to a model loaded with the registered ``attn_implementation``.
 
-    ``max_len``: the most keys a layer whose policy has no bound may grow to."""
+    ``max_len``: the most keys a layer whose policy has no bound may grow to; ``rows``: the most
+    tokens one forward after the prompt may bring (the KVCache's lookback; greedy decoding and
+    sampling bring one)."""
 
-    def __init__(self, attention: PsparseAttention | str = "psparse", *, max_len: int | None = None):
+    def __init__(self, attention: PsparseAttention | str = "psparse", *, max_len: int | None = None,
+                 rows: int = 1):
         if isinstance(attention, str):
             attention = registered(attention)
         if not isinstance(attention, PsparseAttention):
@@ -309,6 +312,7 @@ class PsparseCache(Cache):
         super().__init__(layer_class_to_replicate=_PsparseLayer)
         self.attention = attention
         self.max_len = max_len
+        self.rows = rows
         self._kv: dict[int, tuple] = {}   # layer -> (KVCache, its layer index)
         self._shared = None               # one spec: one KVCache for every layer
 
@@ -346,18 +350,28 @@ class PsparseCache(Cache):
         got = self._kv.get(layer)
         if got is not None:
             return got
-        B, Hq, _, D = q.shape
-        Hkv = k.shape[1]
         if self.attention.per_layer:
-            got = (attn.kv_cache(1, B, Hkv, D, num_heads=Hq, dtype=k.dtype, device=k.device,
-                                 max_len=self.max_len), 0)
+            got = (self._make(attn, 1, q, k), 0)
         else:
             if self._shared is None:
-                self._shared = attn.kv_cache(num_layers, B, Hkv, D, num_heads=Hq, dtype=k.dtype,
-                                             device=k.device, max_len=self.max_len)
+                self._shared = self._make(attn, num_layers, q, k)
             got = (self._shared, layer)
         self._kv[layer] = got
         return got
+
+    def _make(self, attn, num_layers, q, k):
+        B, Hq, _, D = q.shape
+        options = {}
+        takes = inspect.signature(attn.kv_cache).parameters
+        # The decode backend follows register()'s; KVCache picks one by device otherwise.
+        if self.attention.backend is not None and "backend" in takes:
+            options["backend"] = self.attention.backend
+        if self.rows != 1:
+            if "rows" not in takes:
+                raise PsparseUsageError("this psparse's KV cache decodes one row at a time: rows=1")
+            options["rows"] = self.rows
+        return attn.kv_cache(num_layers, B, k.shape[1], D, num_heads=Hq, dtype=k.dtype,
+                             device=k.device, max_len=self.max_len, **options)
 
     def _attend(self, link, module, attn, index, q, k, v, valid, scale):
         _, layer_idx, past = link
