@@ -3,6 +3,7 @@
     python benchmarks/dynamic.py               # CPU table over n, updates RESULTS.md
     python benchmarks/dynamic.py --no-write    # measure and print only
     python benchmarks/dynamic.py --sizes 8192 32768
+    python benchmarks/dynamic.py --prefill     # end-to-end prefill on CPU (prints only)
 
 For each n and each term family, a fresh interpreter builds ``q, k [1, 1, n, 64]`` float32,
 runs the selection once as a warm-up on a short prefix, resets the kernel's resident-memory
@@ -12,6 +13,13 @@ should grow linearly in n (the last-rows attention is ``last x n``, walked in ke
 ``blocks`` scores ``(n / b)^2 / 2`` block pairs, so its time grows with the square of n / b
 while its memory stays at one tile of query blocks plus the ``[n / b, topk]`` table (so by
 default it stops at 128K: ``--blocks-max-n`` raises that).
+
+``--prefill`` times one end-to-end forward call (selection, tables, kernels, merge) of
+``compile(spec)`` on the torch backend with ``q, k, v [1, 2, n, 64]`` float32 (one KV head),
+against the same call forced onto the per-(batch, head) substitution path, and against
+``scaled_dot_product_attention`` given the selected mask as a dense boolean ``[n, n]``
+(``attn.mask(n, q=, k=)``; building it is timed separately).  Each in a fresh process; the
+table is printed, RESULTS.md is left alone.
 """
 from __future__ import annotations
 
@@ -65,6 +73,84 @@ def _child(text: str, n: int, d: int) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "peak_mb": max(peak - base, 0) / 1024,
             "chosen": sum(int(s.count.sum()) for s in sels.values()),
             "threads": torch.get_num_threads()}
+
+
+PREFILL = {
+    "sink+local+vertical+slash": "causal & (sink(4) | local(256) | vertical(topk=512) | slash(topk=256))",
+    "vertical-slash": "causal & (vertical(topk=1000) | slash(topk=6000))",
+    "blocks": "causal & (local(512) | blocks(topk=16, block=64))",
+}
+
+
+def _prefill_child(text: str, n: int, d: int, which: str) -> dict:
+    import time
+
+    import torch
+    import patterndsl
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, n, d, generator=g)
+    k = torch.randn(1, 1, n, d, generator=g)
+    v = torch.randn(1, 1, n, d, generator=g)
+    attn = patterndsl.compile(text)
+    row = {"threads": torch.get_num_threads()}
+    with torch.no_grad():
+        if which == "sdpa":
+            t = time.perf_counter()
+            mask = attn.mask(n, q=q, k=k)
+            row["mask_s"] = time.perf_counter() - t
+            kk, vv = k.expand(1, 2, n, d), v.expand(1, 2, n, d)
+            t = time.perf_counter()
+            torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
+            row["wall_s"] = time.perf_counter() - t
+            row["density"] = float(mask.float().mean())
+            return row
+        if which == "substitute":
+            attn._split = lambda expr: None          # the per-(batch, head) planning path
+        attn(q[:, :, :256], k[:, :, :256], v[:, :, :256])   # imports, first-call allocations
+        t = time.perf_counter()
+        attn(q, k, v)
+        row["wall_s"] = time.perf_counter() - t
+        w = attn.last_work
+        row["executed"] = w.executed_pairs
+        row["launches"] = w.launches
+    return row
+
+
+def prefill(sizes, names, old_max_n: int, d: int = 64) -> list[dict]:
+    rows = []
+    for name in names:
+        for n in sizes:
+            row = {"term": name, "n": n}
+            for which in ("tables", "substitute", "sdpa"):
+                if which == "substitute" and n > old_max_n:
+                    continue
+                code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
+                        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import dynamic; "
+                        f"print(json.dumps(dynamic._prefill_child({PREFILL[name]!r}, {n}, {d}, "
+                        f"{which!r})))")
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True)
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                row[which] = got
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def prefill_table(rows: list[dict]) -> str:
+    lines = ["| pattern | n | density | tables (new) | substitution (old) | SDPA + dense mask "
+             "| building that mask | launches new / old |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        old = r.get("substitute")
+        lines.append(
+            f"| {r['term']} | {r['n']:,} | {r['sdpa']['density']:.3f} | "
+            f"{r['tables']['wall_s']:.2f} s | "
+            f"{(str(round(old['wall_s'], 2)) + ' s') if old else 'not run'} | "
+            f"{r['sdpa']['wall_s']:.2f} s | {r['sdpa']['mask_s']:.2f} s | "
+            f"{r['tables']['launches']} / {old['launches'] if old else '-'} |")
+    return "\n".join(lines)
 
 
 def measure(name: str, n: int, d: int = 64) -> dict:
@@ -122,7 +208,16 @@ def main(argv=None) -> None:
     ap.add_argument("--blocks-max-n", type=int, default=131072,
                     help="largest n for blocks (its scores grow as (n / b)^2; 1M takes minutes)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument("--prefill", action="store_true",
+                    help="end-to-end prefill: tables vs substitution vs SDPA (prints only)")
+    ap.add_argument("--old-max-n", type=int, default=16384,
+                    help="largest n for the substitution path in --prefill")
     args = ap.parse_args(argv)
+    if args.prefill:
+        sizes = args.sizes if args.sizes != list(SIZES) else [4096, 16384]
+        rows = prefill(sizes, list(PREFILL), args.old_max_n)
+        print(prefill_table(rows))
+        return
     rows = []
     for name in args.terms:
         for n in args.sizes:

@@ -357,7 +357,7 @@ class _TableWalk:
         bhv = self.bh.view(-1, 1, 1, 1)
         allowed = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
         if self.W:
-            pred = self.evaluate(self.tp.predicate, qp.clamp(min=0)[None, :, :, None],
+            pred = self.evaluate(self.tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
                                  kc[:, :, None, :], bhv, self.ctx, self.tabs)
             allowed = allowed & pred
         if self.kv_lens is not None:
@@ -456,7 +456,7 @@ def count_table_part(tp, tabs, ctx, chunk_bytes=None):
     for t0 in range(0, T, step):
         qp, kp = qpos[t0:t0 + step], kpos[:, t0:t0 + step]
         ok = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
-        ok = ok & evaluate(tp.predicate, qp.clamp(min=0)[None, :, :, None],
+        ok = ok & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
                            kp.clamp(min=0)[:, :, None, :], bh, ctx, tabs)
         total += ok.sum()
     return total

@@ -394,7 +394,7 @@ def _table_common(tp, tabs, q, k, v, kv_lens, ctx):
     if Nk > CAP:
         raise PsparseUsageError(f"sequences longer than {CAP} positions are not supported")
     dev = q.device
-    params, table = bind_dynamic(tp.predicate, ctx, tabs)
+    params, table = bind_dynamic(tp.kernel_predicate, ctx, tabs)
     prm = torch.tensor(params or [0], dtype=torch.int32, device=dev)
     kvl = kv_lens.to(device=dev, dtype=torch.int32) if kv_lens is not None else prm
     args = (prm, table.to(dev), tabs.dyn, tabs.blk, kvl, tp.list, tp.lo, tp.hi)
@@ -416,7 +416,7 @@ def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, inte
     grid = (tp.num_tiles, B * G)
     if grid[0] == 0 or grid[1] == 0:
         return out, lse
-    fn = _table_kernel(tp.predicate, "tfwd", interpret)
+    fn = _table_kernel(tp.kernel_predicate, "tfwd", interpret)
     interpret = _interpreted(fn, q)
     args, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
     _launch(fn, grid, interpret, (
@@ -445,7 +445,7 @@ def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=Non
         delta = delta - dlse.to(torch.float32)
     delta = delta.contiguous()
     do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
-    fn = _table_kernel(tp.predicate, "tbwd", interpret)
+    fn = _table_kernel(tp.kernel_predicate, "tbwd", interpret)
     interpret = _interpreted(fn, q)
     args, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
     _launch(fn, grid, interpret, (

@@ -42,7 +42,8 @@ def evaluate(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, bh: torch.Tensor, ctx
     bitmap = tabs.dyn
     off = tabs.layout[e]
     if isinstance(e, ir.TopVertical):
-        return (bitmap[bh, off + k.clamp(max=n - 1)] != 0) & (q == q)
+        # The key axis alone: broadcasting with the rows happens where it is combined.
+        return bitmap[bh, off + k.clamp(max=n - 1)] != 0
     d = q - k
     ok = (d >= 0) & (d < n)
     return ok & (bitmap[bh, off + d.clamp(min=0, max=n - 1)] != 0)

@@ -30,11 +30,15 @@ __all__ = ["DynamicSplit", "TablePartSpec", "split", "is_monotone", "key_interva
 @dataclass(frozen=True)
 class TablePartSpec:
     """Part ``i`` of a split: the term that drives its tiles, its exact predicate (with
-    dynamic leaves) and the static hull its visited keys are clipped to."""
+    dynamic leaves), the static hull its visited keys are clipped to, and ``visit``: the
+    predicate without the atom ``d_i`` itself, equal to ``predicate`` on every pair where
+    ``d_i`` holds (the gathered columns of a ``vertical`` term, the chosen blocks of a
+    ``blocks`` term), so kernels that visit only such pairs evaluate less."""
 
     term: ir.Expr
     predicate: ir.Expr
     hull: ir.Expr
+    visit: ir.Expr
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,19 @@ def split(expr: ir.Expr) -> DynamicSplit | None:
                                          for j, t in enumerate(terms)}))
         if isinstance(hull, ir.Nothing):
             continue
-        owned = ir.Intersect((expr, term))
+        # Where d_i holds and no earlier d_j does, E equals E[d_i := all, d_j := nothing]:
+        # often much simpler (causal & (A | d_1 | d_2) -> causal).
+        core = _simplify(_replace(expr, {t: (nothing if j < i else everything if j == i else t)
+                                         for j, t in enumerate(terms)}))
         taken = [t for t in (static, *before) if not isinstance(t, ir.Nothing)]
-        if taken:
-            pred = ir.Difference(owned, taken[0] if len(taken) == 1 else ir.Union(tuple(taken)))
-        else:
-            pred = owned
-        parts.append(TablePartSpec(term, pred, ir.Difference(hull, static)
-                                   if not isinstance(static, ir.Nothing) else hull))
+        away = None if not taken else taken[0] if len(taken) == 1 else ir.Union(tuple(taken))
+
+        def minus(e):
+            return e if away is None else ir.Difference(e, away)
+        owned = term if isinstance(core, ir.All) else ir.Intersect((core, term))
+        pred = _simplify(minus(owned))
+        visit = _simplify(minus(core))
+        parts.append(TablePartSpec(term, pred, hull, visit))
     return DynamicSplit(static, tuple(parts), terms)
 
 

@@ -26,7 +26,10 @@ row ``bh = b * len(heads) + i``) and one :class:`~.split.DynamicSplit`:
             windows of its own keys
   ========  ==========================================================================
 
-  ``lo``/``hi`` are int32 ``[BH, num_tiles]``.  Everything is sized from shapes and spec
+  ``lo``/``hi`` are int32 ``[BH, num_tiles]``.  Modes 0 and 2 visit only pairs where
+  their own term holds, so their kernels evaluate ``kernel_predicate`` (the part's
+  predicate without that atom, :attr:`.split.TablePartSpec.visit`); mode 1 visits whole
+  windows and evaluates the exact predicate.  Everything is sized from shapes and spec
   numbers; nothing is ``n x n``.
 """
 from __future__ import annotations
@@ -47,6 +50,7 @@ PAD = 1 << 30   # sorts after every position, offset and window number
 class TablePart:
     predicate: ir.Expr      # exact pairs of the part, dynamic leaves read from the tables
     term: ir.Expr
+    kernel_predicate: ir.Expr  # what kernels evaluate on the slots they visit (see below)
     mode: int               # 0 gather (vertical), 1 diagonal windows (slash), 2 blocks
     block_m: int
     block_n: int
@@ -178,7 +182,7 @@ def build_tables(sp: DynamicSplit, selections: dict, heads: list[int], B: int, n
                 cols = _sorted_padded(_rows(sel, hs))                # [BH, W]
                 lo = torch.searchsorted(cols, lo_k.expand(BH, nt).contiguous())
                 hi = torch.searchsorted(cols, hi_k.expand(BH, nt).contiguous())
-                part = TablePart(ps.predicate, ps.term, 0, bm, bn, nt,
+                part = TablePart(ps.predicate, ps.term, ps.visit, 0, bm, bn, nt,
                                  torch.where(cols < PAD, cols, -1).to(torch.int32).contiguous(),
                                  lo.to(torch.int32), hi.to(torch.int32))
             else:
@@ -207,7 +211,7 @@ def _slash_part(ps, offsets_bm, BH, n, bm, bn, nt, first, last, lo_k, hi_k):
     lo = torch.searchsorted(wins, m_lo.expand(BH, nt).contiguous())
     hi = torch.searchsorted(wins, m_hi.expand(BH, nt).contiguous())
     wins = torch.where(wins < PAD, wins, -1).to(torch.int32).contiguous()
-    return TablePart(ps.predicate, ps.term, 1, bm, bn, nt, wins, lo.to(torch.int32),
+    return TablePart(ps.predicate, ps.term, ps.predicate, 1, bm, bn, nt, wins, lo.to(torch.int32),
                      hi.to(torch.int32))
 
 
@@ -224,7 +228,7 @@ def _blocks_part(ps, sel, hs, BH, nq, n, q_offset, block_m, block_n):
     hi = lo + count
     lo = lo.repeat_interleave(sub, 1)
     hi = hi.repeat_interleave(sub, 1)
-    return TablePart(ps.predicate, ps.term, 2, bm, bn, nqb * sub,
+    return TablePart(ps.predicate, ps.term, ps.visit, 2, bm, bn, nqb * sub,
                      rows.reshape(BH, nqb * W).to(torch.int32).contiguous(),
                      lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous(),
                      bsize=b, sub_tiles=sub, first_block=sel.first_block)
