@@ -39,11 +39,12 @@ def evaluate(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, bh: torch.Tensor, ctx
         rows = (_fdiv(q, b) - first).clamp(min=0, max=max(nqb - 1, 0))
         cols = _fdiv(k, b).clamp(max=max(bmap.shape[2] - 1, 0))
         return bmap[bh, rows, cols]
-    bitmap = tabs.dyn
-    off = tabs.layout[e]
+    # One flat gather (torch.take) per atom: cheaper than two-tensor advanced indexing.
+    flat = tabs.dyn.reshape(-1)
+    row = bh * tabs.dyn.shape[1] + tabs.layout[e]
     if isinstance(e, ir.TopVertical):
         # The key axis alone: broadcasting with the rows happens where it is combined.
-        return bitmap[bh, off + k.clamp(max=n - 1)] != 0
+        return torch.take(flat, row + k.clamp(max=n - 1)) != 0
     d = q - k
     ok = (d >= 0) & (d < n)
-    return ok & (bitmap[bh, off + d.clamp(min=0, max=n - 1)] != 0)
+    return ok & (torch.take(flat, row + d.clamp(min=0, max=n - 1)) != 0)
