@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM  # noqa: E402
 
 import patterndsl  # noqa: E402
 from patterndsl.errors import PsparseUsageError  # noqa: E402
-from patterndsl.integrations.transformers import PsparseCache, register  # noqa: E402
+from patterndsl.integrations.transformers import PsparseCache, register, registered  # noqa: E402
 
 SPEC = "causal & (sink(4) | local(16))\nkv = auto"
 BOUND = 4 + 17          # sinks + the window of 16 and the query's own key
@@ -336,3 +336,19 @@ def test_score_policies_stay_within_their_bound():
                 prompt = n - 11
                 assert len([p for p in kept if p < prompt]) == 4 + 3
                 assert [p for p in kept if p >= prompt] == list(range(prompt, n))
+
+
+def test_a_cache_that_drops_keys_is_refused():
+    """transformers' sliding-window cache layers drop old keys, which would shift every
+    position the pattern sees: refused (a PsparseCache applies the spec's own policy)."""
+    from transformers import MistralConfig
+    register("causal & local(4)", name="psparse_sliding")
+    config = MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           sliding_window=8, pad_token_id=0, eos_token_id=None)
+    model = _model("psparse_sliding", config)
+    ids, am = _prompts([12])
+    with pytest.raises(PsparseUsageError, match="dropped keys"):
+        model.generate(input_ids=ids, attention_mask=am, max_new_tokens=3, do_sample=False)
+    tokens, _ = _generate(model, ids, am, 3, cache=registered("psparse_sliding").cache())
+    assert tokens.shape == (1, 3)

@@ -135,6 +135,11 @@ class PsparseAttention:
         ``mask_function`` (the model's own pattern) is not used: the spec is the pattern.  (Early
         transformers 5 releases pass ``cache_position`` instead of ``q_length``/``q_offset``:
         neither is needed.)"""
+        if int(kv_offset):
+            # Positions would count from the first key the cache still holds, not from 0.
+            raise PsparseUsageError(
+                "the model's cache has dropped keys (a sliding-window or chunked layer): psparse "
+                "attention needs every key or a PsparseCache, which applies the spec's own kv policy")
         if attention_mask is None:
             return None
         if attention_mask.dim() != 2:
