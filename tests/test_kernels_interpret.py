@@ -313,18 +313,15 @@ def test_self_contained_module(tmp_path):
         want = s.mask(case["n"], nq=case.get("nq"), num_heads=case.get("head", 0) + 1,
                       layer=case.get("layer", 0), doc_ids=doc_t)[case.get("head", 0)]
         assert torch.equal(got, want), case
-        # the plan covers exactly the tiles with an allowed pair; full runs are all allowed
-        nq = want.shape[0]
-        tq, tk = -(-nq // 16), -(-case["n"] // 16)
-        visited = torch.zeros(tq, tk, dtype=torch.bool)
-        for t in range(tq):
-            for lo, hi, full in zip(p["kv_lo"][t].tolist(), p["kv_hi"][t].tolist(), p["kv_full"][t].tolist()):
-                visited[t, lo:hi] = True
-                if full:
-                    assert want[t * 16:(t + 1) * 16, lo * 16:hi * 16].all()
-        pad = torch.zeros(tq * 16, tk * 16, dtype=torch.bool)
-        pad[:nq, :case["n"]] = want
-        assert torch.equal(visited, pad.reshape(tq, 16, tk, 16).any(3).any(1))
+        # the module's plan is psparse's: same parts, views and runs
+        ref = s.plan(case["n"], nq=case.get("nq"), head=case.get("head", 0), layer=case.get("layer", 0),
+                     doc_ids=doc_t, block_m=16, block_n=16)
+        assert p["exact"] and len(p["parts"]) == len(ref.parts), case
+        for got_part, part in zip(p["parts"], ref.parts):
+            v = part.view
+            assert got_part["view"] == (v.kind, v.s, v.r, v.qlo, v.qhi), case
+            for x in ("kv_lo", "kv_hi", "kv_full"):
+                assert torch.equal(got_part[x], getattr(part, x)), (case, x)
     a = res["attention"]
     mask = s.mask(50, num_heads=4, doc_ids=torch.tensor(doc))
     want = reference(mask.unsqueeze(0), a["q"], a["k"], a["v"], a["dout"], scale=16 ** -0.5)
