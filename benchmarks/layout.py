@@ -16,6 +16,11 @@ Columns:
   count 1M (cpu)                the exact allowed-pair count (plan.allowed_pairs, lazy) at 1M
   peak 1M                       peak extra resident memory of both (VmHWM after resetting it,
                                 minus VmRSS before), in a fresh subprocess per spec
+
+    python benchmarks/layout.py --module   # plan time of a generated module vs Spec.plan
+
+With --module: per spec, ``Spec.plan(n)`` and the ``plan(n)`` of the module ``psparse
+compile`` writes (same planner, inlined), both cold at n = 1M, and whether the parts agree.
 """
 from __future__ import annotations
 
@@ -130,6 +135,53 @@ def one_million(text: str, n: int = 1 << 20) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def module_plan_times(text: str, n: int) -> dict:
+    """Cold ``Spec.plan(n)`` and generated-module ``plan(n)`` (seconds), and their agreement."""
+    import importlib.util
+    import tempfile
+    import torch
+    import patterndsl
+    from patterndsl.codegen.module import render_module
+    from patterndsl.plan import clear_cache
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "psparse_bench_module.py"
+        path.write_text(render_module(text))
+        loader = importlib.util.spec_from_file_location("psparse_bench_module", str(path))
+        mod = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(mod)
+    docs = doc_ids(n) if "document" in text else None
+    small = doc_ids(4096) if docs is not None else None
+    mod.plan(4096, doc_ids=small)              # warm the code paths, not the cache for n
+    spec = patterndsl.parse(text)
+    spec.plan(4096, doc_ids=small)
+    clear_cache()
+    t = time.perf_counter()
+    ref = spec.plan(n, doc_ids=docs)
+    t_spec = time.perf_counter() - t
+    t = time.perf_counter()
+    got = mod.plan(n, doc_ids=docs)
+    t_mod = time.perf_counter() - t
+    same = len(got["parts"]) == len(ref.parts) and all(
+        torch.equal(a[x], getattr(b, x)) for a, b in zip(got["parts"], ref.parts)
+        for x in ("kv_lo", "kv_hi", "kv_full"))
+    return dict(spec_s=t_spec, module_s=t_mod, same=same, parts=len(ref.parts))
+
+
+def module_main(specs, n: int) -> int:
+    import torch
+    print(f"# plan time at n = {n}: Spec.plan vs a generated module's plan, {platform.machine()} "
+          f"{os.cpu_count()}-core CPU, torch {torch.__version__}")
+    print("| spec | parts | Spec.plan | module plan | same plan |")
+    print("|---|---|---|---|---|")
+    bad = []
+    for text in specs:
+        r = module_plan_times(text, n)
+        bad += [] if r["same"] else [text]
+        print(f"| `{text}` | {r['parts']} | {r['spec_s'] * 1e3:.1f} ms | {r['module_s'] * 1e3:.1f} ms | "
+              f"{'yes' if r['same'] else 'NO'} |", flush=True)
+    return 1 if bad else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="skip create_block_mask at 64K")
@@ -137,11 +189,15 @@ def main(argv=None):
     ap.add_argument("--no-1m", action="store_true", help="skip the n = 1M plan measurements")
     ap.add_argument("--n", type=int, default=32768, help="length of the work-ratio columns")
     ap.add_argument("--only", help="run only specs containing this text")
+    ap.add_argument("--module", action="store_true",
+                    help="only compare plan times of Spec.plan and a generated module at n = 1M")
     args = ap.parse_args(argv)
     import torch
     import patterndsl
 
     specs = [s for s in CANONICAL if not args.only or args.only in s]
+    if args.module:
+        return module_main(specs, 1 << 20)
     print(f"# psparse block layouts, {platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     head = ("| spec | density | psparse | flex128 | plan 16K | plan 64K | flex 16K | flex 64K | "
