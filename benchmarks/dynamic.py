@@ -15,7 +15,8 @@ while its memory stays at one tile of query blocks plus the ``[n / b, topk]`` ta
 default it stops at 128K: ``--blocks-max-n`` raises that).
 
 ``--prefill`` times one end-to-end forward call (selection, tables, kernels, merge) of
-``compile(spec)`` on the torch backend with ``q, k, v [1, 2, n, 64]`` float32 (one KV head),
+``compile(spec)`` on the torch backend with ``q [1, 2, n, 64]``, ``k, v [1, 1, n, 64]`` float32
+(grouped-query: one KV head; local structure and a few sink keys, see ``_prefill_inputs``),
 against the same call forced onto the per-(batch, head) substitution path, and against
 ``scaled_dot_product_attention`` given the selected mask as a dense boolean ``[n, n]``
 (``attn.mask(n, q=, k=)``; building it is timed separately).  Each in a fresh process; the
@@ -82,16 +83,36 @@ PREFILL = {
 }
 
 
+def _prefill_inputs(n: int, d: int):
+    """Inputs with the structure the dynamic terms are for: keys follow an AR(1) process
+    (neighbouring keys alike, so each query attends mostly to recent keys: diagonals near
+    0), queries are their key plus noise, and 8 keys share a strong direction every query
+    also holds (attention sinks: columns).  Plain Gaussian inputs spread the chosen
+    diagonals uniformly, which no tiling serves well."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    rho = 0.97
+    eps = torch.randn(n, d, generator=g)
+    k = torch.empty(n, d)
+    k[0] = eps[0]
+    for i in range(1, n):
+        k[i] = rho * k[i - 1] + (1 - rho * rho) ** 0.5 * eps[i]
+    sink_dir = torch.randn(d, generator=g)
+    sinks = torch.randperm(n, generator=g)[:8]
+    k[sinks] += 2.0 * sink_dir
+    q = torch.stack([k + 0.5 * torch.randn(n, d, generator=g) + 0.5 * sink_dir
+                     for _ in range(2)])
+    v = torch.randn(1, 1, n, d, generator=g)
+    return (2.0 * q).unsqueeze(0), (2.0 * k).view(1, 1, n, d), v
+
+
 def _prefill_child(text: str, n: int, d: int, which: str) -> dict:
     import time
 
     import torch
     import patterndsl
 
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 2, n, d, generator=g)
-    k = torch.randn(1, 1, n, d, generator=g)
-    v = torch.randn(1, 1, n, d, generator=g)
+    q, k, v = _prefill_inputs(n, d)
     attn = patterndsl.compile(text)
     row = {"threads": torch.get_num_threads()}
     with torch.no_grad():
