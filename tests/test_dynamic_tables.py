@@ -98,6 +98,7 @@ def test_split_static_part_and_monotonicity():
     "causal & (sink(2) | local(6) | vertical(topk=5) | slash(topk=3))",
     "local(5) & slash(topk=2) | causal & blocks(topk=2, block=8) | vertical(topk=2, by=norm)",
     "blocks(3, 7) - local(1) | rows([0:3])",
+    "local(6) & vertical(topk=6) | prefix(20) & slash(topk=3) | causal & local(2)",
 ])
 @pytest.mark.parametrize("n,nq", [(45, 45), (45, 17)])
 def test_tables_and_parts_reproduce_the_reference_mask(text, n, nq):
