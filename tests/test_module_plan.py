@@ -290,7 +290,8 @@ def test_module_holds_the_package_planner_verbatim_and_imports_only_torch_and_tr
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
-    assert imported <= {"torch", "triton", "threading", "functools", "dataclasses", "math", "contextlib"}, imported
+    assert imported <= {"torch", "triton", "threading", "functools", "dataclasses", "math", "types",
+                        "contextlib"}, imported
     # the module's own definitions never shadow the planner's
     names = [t.id if isinstance(t, ast.Name) else None for node in tree.body if isinstance(node, ast.Assign)
              for t in node.targets] + [node.name for node in tree.body
@@ -300,8 +301,9 @@ def test_module_holds_the_package_planner_verbatim_and_imports_only_torch_and_tr
     # plan programs are constructor calls: class names and integers only
     for line in src.splitlines():
         if line.startswith("_PLAN_"):
-            assert all(tok.isidentifier() or tok.lstrip("-").isdigit() for tok in
-                       line.split("=", 1)[1].replace("(", " ").replace(")", " ").replace(",", " ").split()), line
+            toks = line.split("=", 1)[1].replace("(", " ").replace(")", " ").replace(",", " ").split()
+            assert all(t.lstrip("-").isdigit() or t in ("None", "True", "False") or
+                       (t.startswith("NODES.") and t[6:].isidentifier()) for t in toks), line
 
 
 @pytest.mark.parametrize("n", [0, 1, 17])

@@ -40,20 +40,20 @@ def _literal(x) -> str:
     if isinstance(x, int):
         return str(int(x))
     if isinstance(x, ir.Slice):
-        return f"Slice({_literal(x.start)}, {_literal(x.stop)}, {_literal(x.step)})"
+        return f"NODES.Slice({_literal(x.start)}, {_literal(x.stop)}, {_literal(x.step)})"
     if isinstance(x, ir.IndexSet):
-        return f"IndexSet(({''.join(_literal(i) + ', ' for i in x.items)}))"
+        return f"NODES.IndexSet(({''.join(_literal(i) + ', ' for i in x.items)}))"
     if isinstance(x, tuple):
         return f"({''.join(_literal(t) + ', ' for t in x)})"
     if type(x) in _FIELDS:
         args = ", ".join(_literal(getattr(x, f)) for f in _FIELDS[type(x)])
-        return f"{type(x).__name__}({args})"
+        return f"NODES.{type(x).__name__}({args})"
     raise TypeError(f"not a static pattern value: {x!r}")
 
 
 def plan_program(expr: ir.Expr) -> str:
     """The plan program of a pattern: its canonical expression as a constructor call over the
-    plan runtime's node classes (only class names and validated integers)."""
+    plan runtime's node classes (``NODES.Causal()``...: only class names and validated integers)."""
     return _literal(ir.strip_spans(expr))
 
 

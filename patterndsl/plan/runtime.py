@@ -11,15 +11,16 @@ This file is the single source of the closed-form planner (docs/PLAN.md, section
   very same parts, views and runs as ``Spec.plan`` without importing psparse.
 
 Nodes are dispatched by class name (``_k``) and read by field name, so the package's
-``ir`` classes and the frozen dataclasses below are interchangeable; the one place that
+``ir`` classes and the frozen dataclasses of ``NODES`` below are interchangeable; the one place that
 builds new nodes (splitting a pattern into parts) takes the namespace to build them from.
 :func:`owner_program` describes, per length, which part owns each allowed pair: the data
 a module's generic per-pattern kernels need to evaluate any part's predicate.
 """
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from functools import lru_cache
 from math import gcd
+from types import SimpleNamespace
 
 import torch
 
@@ -39,21 +40,17 @@ def _k(node) -> str:
 # ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Slice:
-    start: int | None
-    stop: int | None
-    step: int | None = None
-
-
-@dataclass(frozen=True)
-class IndexSet:
-    items: tuple
-
-
-@dataclass(frozen=True)
 class Expr:
+    """Base of the nodes below; ``_kids`` names the fields holding sub-expressions."""
+
+    _kids = ()
+
     def children(self) -> tuple:
-        return ()
+        out: list = []
+        for name in self._kids:
+            x = getattr(self, name)
+            out.extend(x if isinstance(x, tuple) else (x,))
+        return tuple(out)
 
     def walk(self):
         yield self
@@ -65,130 +62,30 @@ class Expr:
         return any(_k(x) == "Document" for x in self.walk())
 
 
-@dataclass(frozen=True)
-class All(Expr):
-    pass
+# name, fields (all required: a plan program spells every field), sub-expression fields
+_NODE_TABLE = (
+    ("All", (), ()), ("Nothing", (), ()), ("Causal", (), ()), ("Document", (), ()),
+    ("Local", ("left", "right"), ()), ("Block", ("size",), ()), ("Stride", ("step",), ()),
+    ("Dilated", ("width", "dilation"), ()), ("Every", ("step", "offset"), ()),
+    ("Rows", ("index",), ()), ("Cols", ("index",), ()), ("Global", ("index",), ()),
+    ("Sink", ("count",), ()), ("Slash", ("offsets",), ()), ("Prefix", ("length",), ()),
+    ("Random", ("count", "block", "seed", "causal"), ()), ("Blockwise", ("block", "expr"), ("expr",)),
+    ("Union", ("terms",), ("terms",)), ("Intersect", ("terms",), ("terms",)),
+    ("Difference", ("left", "right"), ("left", "right")),
+)
 
 
-@dataclass(frozen=True)
-class Nothing(Expr):
-    pass
+def _nodes():
+    ns = {name: make_dataclass(name, [(f, object) for f in fields], bases=(Expr,), frozen=True,
+                               namespace={"_kids": kids})
+          for name, fields, kids in _NODE_TABLE}
+    ns["Slice"] = make_dataclass("Slice", [("start", object), ("stop", object), ("step", object)], frozen=True)
+    ns["IndexSet"] = make_dataclass("IndexSet", [("items", object)], frozen=True)
+    return SimpleNamespace(**ns)
 
 
-@dataclass(frozen=True)
-class Causal(Expr):
-    pass
-
-
-@dataclass(frozen=True)
-class Local(Expr):
-    left: int
-    right: int
-
-
-@dataclass(frozen=True)
-class Block(Expr):
-    size: int
-
-
-@dataclass(frozen=True)
-class Stride(Expr):
-    step: int
-
-
-@dataclass(frozen=True)
-class Dilated(Expr):
-    width: int
-    dilation: int
-
-
-@dataclass(frozen=True)
-class Every(Expr):
-    step: int
-    offset: int = 0
-
-
-@dataclass(frozen=True)
-class Rows(Expr):
-    index: IndexSet
-
-
-@dataclass(frozen=True)
-class Cols(Expr):
-    index: IndexSet
-
-
-@dataclass(frozen=True)
-class Global(Expr):
-    index: IndexSet
-
-
-@dataclass(frozen=True)
-class Sink(Expr):
-    count: int
-
-
-@dataclass(frozen=True)
-class Slash(Expr):
-    offsets: IndexSet
-
-
-@dataclass(frozen=True)
-class Prefix(Expr):
-    length: int
-
-
-@dataclass(frozen=True)
-class Document(Expr):
-    pass
-
-
-@dataclass(frozen=True)
-class Random(Expr):
-    count: int
-    block: int = 64
-    seed: int = 0
-    causal: bool = False
-
-
-@dataclass(frozen=True)
-class Blockwise(Expr):
-    block: int
-    expr: Expr
-
-    def children(self):
-        return (self.expr,)
-
-
-@dataclass(frozen=True)
-class Union(Expr):
-    terms: tuple
-
-    def children(self):
-        return self.terms
-
-
-@dataclass(frozen=True)
-class Intersect(Expr):
-    terms: tuple
-
-    def children(self):
-        return self.terms
-
-
-@dataclass(frozen=True)
-class Difference(Expr):
-    left: Expr
-    right: Expr
-
-    def children(self):
-        return (self.left, self.right)
-
-
-class NODES:
-    """The node namespace of this file, for :func:`plan_parts` (the package passes ``ir``)."""
-    Slice, IndexSet, Nothing, Rows, Cols, Slash = Slice, IndexSet, Nothing, Rows, Cols, Slash
-    Union, Intersect, Difference = Union, Intersect, Difference
+# The node classes of generated modules (plan programs are spelled ``NODES.Causal()`` ...).
+NODES = _nodes()
 
 
 # ---------------------------------------------------------------------------
@@ -305,7 +202,7 @@ def _clip(p: Prog, lo: int, hi: int) -> Prog | None:
 
 
 @lru_cache(maxsize=1024)
-def resolve_index(index: IndexSet, n: int) -> tuple[Prog, ...]:
+def resolve_index(index, n: int) -> tuple[Prog, ...]:
     """The positions an index set selects at length ``n`` (LANGUAGE.md: Python slice rules;
     a negative integer ``i`` is ``n + i``; out-of-range integers select nothing)."""
     out = []
@@ -323,7 +220,7 @@ def resolve_index(index: IndexSet, n: int) -> tuple[Prog, ...]:
 
 
 @lru_cache(maxsize=1024)
-def resolve_offsets(offsets: IndexSet, lo: int, hi: int) -> tuple[Prog, ...]:
+def resolve_offsets(offsets, lo: int, hi: int) -> tuple[Prog, ...]:
     """The literal offsets of ``slash(O)`` inside ``[lo, hi)`` (never resolved against n)."""
     out = []
     for item in offsets.items:
@@ -998,20 +895,20 @@ class Context:
         self._sets: dict = {}
 
     # -- tables a kernel reads ------------------------------------------------
-    def random_table(self, node: Random) -> torch.Tensor:
+    def random_table(self, node) -> torch.Tensor:
         """int64 ``[ceil(n/b), r]``: ``R(i)`` ascending, ``-1`` padded."""
         key = (node.count, node.block, node.seed, node.causal)
         if key not in self._random:
             self._random[key] = self._make_random(node.count, node.block, node.seed, node.causal, self.n)
         return self._random[key]
 
-    def inner(self, node: Blockwise) -> "Context":
+    def inner(self, node) -> "Context":
         """The context ``blockwise(b, E)`` evaluates ``E`` in: ``n' = ceil(n / b)``."""
         if node.block not in self._inner:
             self._inner[node.block] = type(self)(-(-self.n // node.block), None, inner=True)
         return self._inner[node.block]
 
-    def index_set(self, index: IndexSet) -> tuple:
+    def index_set(self, index) -> tuple:
         """``resolve_index(index, n)``, cached here (a plain dict, so tracing a mask_mod under
         torch.compile sees a constant)."""
         key = ("i", index)
@@ -1019,7 +916,7 @@ class Context:
             self._sets[key] = resolve_index(index, self.n)
         return self._sets[key]
 
-    def offset_set(self, offsets: IndexSet) -> tuple:
+    def offset_set(self, offsets) -> tuple:
         """``resolve_offsets`` over every difference ``q - k`` a length-n call has."""
         key = ("o", offsets)
         if key not in self._sets:
@@ -1343,7 +1240,7 @@ def diagonals(e: Expr, n: int):
     return None
 
 
-def ctx_offsets(e: Slash, n: int):
+def ctx_offsets(e, n: int):
     return resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1))
 
 
@@ -1475,7 +1372,7 @@ def _expand(s):
     return rows[idx], lo.reshape(-1)[idx] + off
 
 
-def blockwise_group(node: Blockwise, ctx: Context) -> Group:
+def blockwise_group(node, ctx: Context) -> Group:
     inner = ctx.inner(node)
     n2 = inner.n
     b = cap(node.block, ctx.n)
@@ -1872,7 +1769,7 @@ def _step_views(progs, n: int, kind: str):
 def _item_progs(index, n: int, offsets: bool):
     out = []
     for item in index.items:
-        one = IndexSet((item,))
+        one = NODES.IndexSet((item,))
         got = resolve_offsets(one, -max(n - 1, 0), max(n, 1)) if offsets else resolve_index(one, n)
         out.append(got[0] if got else None)
     return out
