@@ -1,7 +1,9 @@
 """Block plans: which (query, key) tiles a kernel computes, in closed form.
 
 ``build_plan(spec_or_expr, n, **options) -> Plan`` (also ``Spec.plan``).  docs/PLAN.md
-specifies the structure; the modules split the work:
+specifies the structure.  The closed-form planner itself is ``runtime`` (torch, math and the
+standard library only), which generated kernel modules inline verbatim (docs/PLAN.md,
+section 7); the modules below re-export its pieces or add what only the package needs:
 
 * ``views``: residue-class layouts of an axis (``View``, ``ViewKind``, ``Geom``);
 * ``spaces`` / ``combine`` / ``intervals``: per-tile key spaces of primitives and operators;
