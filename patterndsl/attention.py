@@ -128,13 +128,17 @@ class CompiledPattern:
         return f"CompiledPattern({self.spec.canonical()!r}, backend={self.backend!r})"
 
     def kv_cache(self, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, *,
-                 num_heads: int | None = None, dtype=None, device="cpu", max_len: int | None = None):
+                 num_heads: int | None = None, dtype=None, device="cpu", max_len: int | None = None,
+                 rows: int = 1, backend: str | None = None):
         """A decoding KV cache under this spec's ``kv = ...`` policy that stores only the
         retained keys (see :class:`patterndsl.retention.cache.KVCache`); ``num_heads``
-        defaults to ``num_kv_heads``, ``dtype`` to this pattern's dtype or float32."""
+        defaults to ``num_kv_heads``, ``dtype`` to this pattern's dtype or float32, the decode
+        ``backend`` to this pattern's (else triton on CUDA, torch elsewhere); ``rows``: the
+        most query rows one decode call serves."""
         from .retention.cache import KVCache
         return KVCache(self.spec, num_layers, batch, num_kv_heads, head_dim, num_heads=num_heads,
-                       dtype=dtype or self.dtype or torch.float32, device=device, max_len=max_len)
+                       dtype=dtype or self.dtype or torch.float32, device=device, max_len=max_len,
+                       rows=rows, backend=backend or self.backend)
 
     # -- the reference and the plan -----------------------------------------------
     def mask(self, n: int, **kwargs):
