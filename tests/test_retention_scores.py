@@ -311,3 +311,28 @@ def test_bad_use_is_refused_and_leaves_the_cache_unchanged():
         pad.update(0, torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4),
                    valid=torch.zeros(1, 3, dtype=torch.bool))
         pad.decode(0, torch.randn(1, 1, 1, 4))
+
+
+def test_heavy_fed_by_the_interpreted_kernel_equals_the_torch_backend():
+    """The generated kernel's fused probabilities drive heavy exactly like the torch
+    backend's (prompt and decode steps), through CompiledPattern.kv_cache."""
+    from patterndsl.attention import compile as compile_pattern
+    torch.manual_seed(26)
+    attn = compile_pattern("causal & (sink(1) | local(10))\nkv = sink(1) + recent(2) + heavy(3)")
+    B, hkv, hq, d, prompt, steps = 2, 1, 2, 8, 12, 4
+    k, v = torch.randn(B, hkv, prompt + steps, d), torch.randn(B, hkv, prompt + steps, d)
+    q = torch.randn(B, hq, prompt + steps, d) * 2
+    caches = [attn.kv_cache(1, B, hkv, d, num_heads=hq, backend=be) for be in ("torch", "interpret")]
+    assert caches[1].backend == "interpret"
+    for c in caches:
+        c.update(0, k[:, :, :prompt], v[:, :, :prompt], q=q[:, :, :prompt])
+    for n in range(prompt + 1, prompt + steps + 1):
+        outs = []
+        for c in caches:
+            c.update(0, k[:, :, n - 1:n], v[:, :, n - 1:n])
+            outs.append(c.decode(0, q[:, :, n - 1:n]))
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+        for b in range(B):
+            assert torch.equal(caches[0].positions(0, 0, b), caches[1].positions(0, 0, b))
+            torch.testing.assert_close(caches[0].scores(0, 0, b), caches[1].scores(0, 0, b),
+                                       rtol=1e-5, atol=1e-6)
