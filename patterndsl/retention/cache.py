@@ -245,7 +245,7 @@ class KVCache:
         new_pos = new_pos.to(self.device)
         held = self._held[layer]
         deciding = q is not None
-        acc_new = probs = probs_win = None
+        probs = probs_win = None
         hmax = max(max(r) for r in held)
         if q is not None and any(p.needs_attention for p in policies):
             kt = torch.cat([self._k[layer][:, :, :hmax], k], dim=2)
@@ -523,13 +523,3 @@ class KVCache:
                                      **({"snap": tmp[h]["snap"].clone()} if "snap" in tmp[h] else {})),
                           kept[h]) for h in range(self.num_kv_heads))
         self._write(layer, plans, None, None)
-
-    def _expr(self, head: int, layer: int) -> ir.Expr:
-        rule = self.program.rule_for(head if self.program.has_heads else None, layer)
-        e = rule.expr
-        if e.needs_doc_ids or e.is_dynamic:
-            raise PsparseUsageError(
-                "decoding over the cache supports static patterns: this one uses "
-                + ("`document`" if e.needs_doc_ids else "data-dependent terms"))
-        return e
-
