@@ -269,3 +269,14 @@ def test_dynamic_examples_run(name):
     assert attn.spec.is_dynamic
     # at this length some counts take every candidate; the selection still runs per call
     check(attn, 150, 150, B=1, Hq=2, Hkv=1, D=16)
+
+
+def test_torch_backend_in_small_chunks(monkeypatch):
+    # Many chunks of consecutive query tiles, each padded to its own widest tile.
+    from patterndsl.backends import torch_backend
+    monkeypatch.setattr(torch_backend, "CHUNK_BYTES", 1 << 15)
+    attn = patterndsl.compile("causal & (local(3) | vertical(topk=6) | slash(topk=4) | "
+                              "blocks(topk=1, block=16))", block_m=16, block_n=16)
+    check(attn, 83, 83)
+    q, k, _ = inputs(n=83, seed=7)
+    assert attn.work(q, k).allowed_pairs == int(attn.mask(83, q=q, k=k).sum())

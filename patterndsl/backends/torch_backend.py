@@ -281,17 +281,28 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
 # Table parts of dynamic lines (patterndsl.dynamic.tables)
 # ---------------------------------------------------------------------------
 
-def _table_slots(tp, q_offset, nq, n):
-    """Per (table row, query tile) the visited key positions: ``(qpos [T, bm], kpos
-    [BH, T, W])`` int64 with ``-1`` for padding (rows past a tile's end, key slots past
-    its list, keys outside ``[0, n)`` and outside a block's own keys).  A host read sizes
-    ``W`` (the torch backend plans on the host anyway)."""
+def _slot_factor(tp) -> int:
+    """Key slots per listed item: a column, a diagonal window, or a block's windows."""
+    if tp.mode == 0:
+        return 1
+    if tp.mode == 1:
+        return tp.block_n
+    return -(-tp.bsize // tp.block_n) * tp.block_n
+
+
+def _table_slots(tp, q_offset, nq, n, t0=0, t1=None):
+    """For query tiles ``[t0, t1)`` of a table part, per table row the visited key
+    positions: ``(qpos [T, bm], kpos [BH, T, W])`` int64 with ``-1`` for padding (rows past
+    a tile's end, key slots past its list, keys outside ``[0, n)`` and outside a block's
+    own keys); ``W`` is the widest tile of the range."""
     dev = tp.lo.device
+    t1 = tp.num_tiles if t1 is None else t1
     first, end = tp.tile_rows(q_offset, nq)
+    first, end = first[t0:t1], end[t0:t1]
     ar_m = torch.arange(tp.block_m, device=dev)
     qpos = first.view(-1, 1) + ar_m
     qpos = torch.where(qpos < end.view(-1, 1), qpos, -1)
-    lo, hi = tp.lo.long(), tp.hi.long()
+    lo, hi = tp.lo[:, t0:t1].long(), tp.hi[:, t0:t1].long()
     cnt = (hi - lo).clamp(min=0)
     BH, T = lo.shape
     width = int(cnt.max()) if cnt.numel() else 0
@@ -310,11 +321,28 @@ def _table_slots(tp, q_offset, nq, n):
         kpos = start.unsqueeze(-1) + ar_n                              # [BH, T, width, bn]
         ok = take.unsqueeze(-1) & (kpos >= 0) & (kpos < n)
         return qpos, torch.where(ok, kpos, -1).view(BH, T, -1)
-    nwb = -(-tp.bsize // tp.block_n)
-    ar = torch.arange(nwb * tp.block_n, device=dev)
+    ar = torch.arange(_slot_factor(tp), device=dev)
     kpos = items.unsqueeze(-1) * tp.bsize + ar                         # [BH, T, width, nwb*bn]
     ok = take.unsqueeze(-1) & (ar < tp.bsize) & (kpos < n)
     return qpos, torch.where(ok, kpos, -1).view(BH, T, -1)
+
+
+def _table_chunks(tp, per_slot: int, budget: int):
+    """Ranges ``[t0, t1)`` of consecutive query tiles whose ``tiles x widest tile``
+    slots fit ``budget`` bytes at ``per_slot`` bytes each (one tile at least).  Widths
+    grow along a causal pattern, so consecutive tiles keep the padding small."""
+    cnt = (tp.hi.long() - tp.lo.long()).clamp(min=0)
+    widths = (cnt.amax(0) if cnt.shape[0] else torch.zeros(tp.num_tiles, dtype=torch.int64))
+    widths = (widths * _slot_factor(tp)).cpu().tolist()
+    t0, widest = 0, 0
+    for t, w in enumerate(widths):
+        wider = max(widest, w)
+        if t > t0 and wider * (t + 1 - t0) * per_slot > budget:
+            yield t0, t
+            t0, wider = t, w
+        widest = wider
+    if t0 < len(widths):
+        yield t0, len(widths)
 
 
 class _TableWalk:
@@ -330,8 +358,6 @@ class _TableWalk:
         self.BH = B * G
         self.dev = q.device
         self.q_offset = tabs.q_offset
-        self.qpos, self.kpos = _table_slots(tp, tabs.q_offset, Nq, Nk)
-        self.T, self.W = self.qpos.shape[0], self.kpos.shape[2]
         bh = torch.arange(self.BH, device=self.dev)
         self.bh = bh
         # each table row's KV row in k viewed as [B * Gk, Nk, ...]
@@ -339,27 +365,26 @@ class _TableWalk:
             torch.div(bh % G, self.g, rounding_mode="floor")
         self.kv_lens = None if kv_lens is None else \
             kv_lens.to(self.dev, torch.int64).repeat_interleave(G)     # [BH]
-        budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-        per_tile = max(1, self.BH * tp.block_m * max(self.W, 1) * 4 * factor)
-        self.step = max(1, budget // per_tile)
+        self.budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        self.per_slot = max(1, self.BH * tp.block_m * 4 * factor)
 
     def chunks(self):
-        for t0 in range(0, self.T, self.step):
-            t1 = min(self.T, t0 + self.step)
-            yield t0, t1
+        """``(qpos [T', bm], kpos [BH, T', W])`` per chunk of query tiles (none empty)."""
+        for t0, t1 in _table_chunks(self.tp, self.per_slot, self.budget):
+            qpos, kpos = _table_slots(self.tp, self.q_offset, self.Nq, self.Nk, t0, t1)
+            if kpos.shape[2]:
+                yield qpos, kpos
 
-    def gather(self, t0, t1, qf, kf):
+    def gather(self, qp, kp, qf, kf):
         """(rows [T', bm] (clamped), keys [BH, T', W] (clamped), allowed [BH, T', bm, W],
         q tile [BH, T', bm, D], k tile [BH, T', W, D])."""
-        qp, kp = self.qpos[t0:t1], self.kpos[:, t0:t1]
         rows = (qp - self.q_offset).clamp(min=0)
         kc = kp.clamp(min=0)
         bhv = self.bh.view(-1, 1, 1, 1)
         allowed = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
-        if self.W:
-            pred = self.evaluate(self.tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
-                                 kc[:, :, None, :], bhv, self.ctx, self.tabs)
-            allowed = allowed & pred
+        pred = self.evaluate(self.tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                             kc[:, :, None, :], bhv, self.ctx, self.tabs)
+        allowed = allowed & pred
         if self.kv_lens is not None:
             allowed = allowed & (kp < self.kv_lens.view(-1, 1, 1))[:, :, None, :]
         qc = qf[self.bh.view(-1, 1, 1), rows.unsqueeze(0)]                # [BH, T', bm, D]
@@ -378,10 +403,8 @@ def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, chun
     vf = v.to(torch.float32).reshape(B * w.Gk, w.Nk, Dv)
     out = torch.zeros((w.BH, Nq + 1, Dv), dtype=torch.float32, device=w.dev)
     lse = torch.full((w.BH, Nq + 1), _NEG_INF, dtype=torch.float32, device=w.dev)
-    for t0, t1 in w.chunks():
-        if w.W == 0:
-            break
-        rows, kc, allowed, qc, kt = w.gather(t0, t1, qf, kf)
+    for qp, kp in w.chunks():
+        rows, kc, allowed, qc, kt = w.gather(qp, kp, qf, kf)
         s = torch.matmul(qc, kt.transpose(-1, -2)).masked_fill_(~allowed, _NEG_INF)
         m = s.amax(-1)
         m_safe = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
@@ -392,7 +415,7 @@ def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, chun
         o = o / torch.where(has, l, torch.ones_like(l)).unsqueeze(-1)
         lrow = torch.where(has, m_safe + torch.log(torch.where(has, l, torch.ones_like(l))),
                            torch.full_like(l, _NEG_INF))
-        dest = torch.where(w.qpos[t0:t1] >= 0, rows, Nq).reshape(-1)   # padding -> spare row
+        dest = torch.where(qp >= 0, rows, Nq).reshape(-1)             # padding -> spare row
         out.scatter_(1, dest.view(1, -1, 1).expand(w.BH, -1, Dv), o.reshape(w.BH, -1, Dv))
         lse.scatter_(1, dest.view(1, -1).expand(w.BH, -1), lrow.reshape(w.BH, -1))
     return (out[:, :Nq].reshape(B, G, Nq, Dv), lse[:, :Nq].reshape(B, G, Nq))
@@ -419,10 +442,8 @@ def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=Non
     dk = torch.zeros((B * w.Gk * Nk, D), dtype=torch.float32, device=w.dev)
     dv = torch.zeros((B * w.Gk * Nk, Dv), dtype=torch.float32, device=w.dev)
     bhv = w.bh.view(-1, 1, 1)
-    for t0, t1 in w.chunks():
-        if w.W == 0:
-            break
-        rows, kc, allowed, qc, kt = w.gather(t0, t1, qf, kf)
+    for qp, kp in w.chunks():
+        rows, kc, allowed, qc, kt = w.gather(qp, kp, qf, kf)
         s = torch.matmul(qc, kt.transpose(-1, -2))
         p = torch.exp(s - lse_eff[bhv, rows.unsqueeze(0)].unsqueeze(-1)).masked_fill_(~allowed, 0.0)
         do = dof[bhv, rows.unsqueeze(0)]                                  # [BH, T', bm, Dv]
@@ -432,7 +453,7 @@ def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=Non
         ds = p * (dp - delta[bhv, rows.unsqueeze(0)].unsqueeze(-1))
         dq_c = torch.matmul(ds, kt)
         dk_c = torch.matmul(ds.transpose(-1, -2), qc)
-        dest = torch.where(w.qpos[t0:t1] >= 0, rows, Nq).reshape(-1)
+        dest = torch.where(qp >= 0, rows, Nq).reshape(-1)
         dq.index_add_(1, dest, dq_c.reshape(w.BH, -1, D))
         flat = (w.kvrow.view(-1, 1, 1) * Nk + kc).reshape(-1)
         dk.index_add_(0, flat, dk_c.reshape(-1, D))
@@ -445,16 +466,12 @@ def count_table_part(tp, tabs, ctx, chunk_bytes=None):
     """int64 scalar tensor: the pairs one table part allows (over every table row), by its
     element predicate on the visited slots, a chunk of query tiles at a time."""
     from ..dynamic.predicate import evaluate
-    qpos, kpos = _table_slots(tp, tabs.q_offset, tabs.nq, tabs.n)
-    BH, T, W = kpos.shape
-    total = torch.zeros((), dtype=torch.int64, device=kpos.device)
-    if W == 0:
-        return total
+    BH = tp.lo.shape[0]
+    total = torch.zeros((), dtype=torch.int64, device=tp.lo.device)
     budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    step = max(1, budget // max(1, BH * tp.block_m * W * 8))
-    bh = torch.arange(BH, device=kpos.device).view(-1, 1, 1, 1)
-    for t0 in range(0, T, step):
-        qp, kp = qpos[t0:t0 + step], kpos[:, t0:t0 + step]
+    bh = torch.arange(BH, device=tp.lo.device).view(-1, 1, 1, 1)
+    for t0, t1 in _table_chunks(tp, max(1, BH * tp.block_m * 8), budget):
+        qp, kp = _table_slots(tp, tabs.q_offset, tabs.nq, tabs.n, t0, t1)
         ok = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
         ok = ok & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
                            kp.clamp(min=0)[:, :, None, :], bh, ctx, tabs)
