@@ -117,7 +117,7 @@ def test_module_plans_are_psparse_plans_for_examples_and_canonical_set(tmp_path)
     assert {"id", "d", "k"} <= kinds
 
 
-@settings(max_examples=5, **_SETTINGS)
+@settings(max_examples=4, **_SETTINGS)
 @given(exprs(dynamic=False, document=True, random=True, max_leaves=6), st.integers(1, 600), st.data())
 def test_module_plans_are_psparse_plans_for_random_specs(tmp_path_factory, expr, n, data):
     expr = parse(to_text(expr)).pattern()
@@ -172,7 +172,7 @@ def test_owner_predicate_is_each_parts_predicate(text):
         check_owner(expr, n, doc_ids(n, n) if expr.needs_doc_ids else None)
 
 
-@settings(max_examples=25, **_SETTINGS)
+@settings(max_examples=20, **_SETTINGS)
 @given(exprs(dynamic=False, document=True, random=True, max_leaves=6), st.integers(1, 200))
 def test_owner_predicate_random(expr, n):
     check_owner(expr, n, doc_ids(n, n) if expr.needs_doc_ids else None)

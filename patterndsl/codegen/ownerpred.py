@@ -53,9 +53,20 @@ class _OwnerWalker(_Walker):
             parts = [self.owner(t) for t in e.terms]
             return self.let(" | ".join(f"({p})" for p in parts))
         if isinstance(e, ir.Intersect):
-            acc = self.owner(e.terms[0])
+            acc, plain = self.owner(e.terms[0]), not _slotted(e.terms[0])
             for t in e.terms[1:]:
-                acc = self.combine(acc, self.owner(t))
+                w, wplain = self.owner(t), not _slotted(t)
+                # a side without slots holds only the identity view, and combining the
+                # identity with any view gives that view: no table walk needed
+                if plain and wplain:
+                    acc = self.let(f"{acc} & {w}")
+                elif plain:
+                    acc = self.where(f"{acc} != 0", w, "0")
+                elif wplain:
+                    acc = self.where(f"{w} != 0", acc, "0")
+                else:
+                    acc = self.combine(acc, w)
+                plain = plain and wplain
             return acc
         if isinstance(e, ir.Difference):
             a = self.owner(e.left)
@@ -91,6 +102,15 @@ class _OwnerWalker(_Walker):
         self.body.append(f"    for {j} in range(0, _ownV):")
         self.body.append(f"        {out} = {out} | {fn}({hit}, {entry}, 0)")
         return out
+
+
+def _slotted(e: ir.Expr) -> bool:
+    """Whether ``e`` has a leaf with view slots (outside blockwise bodies)."""
+    if isinstance(e, _SLOTTED):
+        return True
+    if isinstance(e, (ir.Union, ir.Intersect, ir.Difference)):
+        return any(_slotted(c) for c in e.children())
+    return False
 
 
 def owner_predicate(expr: ir.Expr, dialect: str = "triton") -> Predicate:
