@@ -15,6 +15,10 @@ Protocol: ``update(layer, k, v)`` appends a prefill chunk or a decode step and e
 policy does not keep; ``decode(layer, q)`` attends the last ``r`` positions of each element
 (``r <= rows``, the constructor's lookback: eviction keeps what any query from ``n - rows``
 on may attend) over the retained keys, applying the pattern at their original positions.
+All ``r`` rows of a call are resolved against the element's ``n`` (LANGUAGE.md "Positions"),
+while ``auto`` resolves each future query against its own ``q + 1``; so with ``r > 1`` decoding
+is lossless for patterns whose verdict does not depend on ``n`` (no negative indices,
+``random`` or ``blockwise``), and with ``r = 1`` for every static pattern.
 
 Score terms that need attention: ``heavy`` accumulates the probability each stored key gets
 from ``decode`` (fused in the decode kernel) and from the queries passed as
