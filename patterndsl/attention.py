@@ -7,7 +7,10 @@ A :class:`CompiledPattern` is callable as ``attn(q, k, v, ...)``.  A call
 2. groups the query heads by the spec line that governs them (``heads`` lines) and, when
    ``doc_ids`` differ between batch elements, splits the batch (one plan per document layout);
 3. runs every part of each group's block plan on the chosen backend and merges the parts
-   row by row through their log-sum-exp (docs/PLAN.md, "How a kernel iterates a plan").
+   row by row through their log-sum-exp (docs/PLAN.md, "How a kernel iterates a plan");
+   a line with data-dependent terms adds one table part per term (one launch each over
+   the whole batch and the line's heads, :mod:`patterndsl.dynamic.tables`), merged the
+   same way, and ``attn.last_work`` reports the pairs the call executed.
 
 Under ``torch.compile`` the work is the torch custom op ``psparse::attention`` (with a
 shape-only fake implementation and an autograd formula calling ``psparse::attention_backward``),
