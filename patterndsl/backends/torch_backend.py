@@ -477,3 +477,37 @@ def count_table_part(tp, tabs, ctx, chunk_bytes=None):
                            kp.clamp(min=0)[:, :, None, :], bh, ctx, tabs)
         total += ok.sum()
     return total
+
+
+def column_probs_part(part, plan, q, k, lse, *, scale, kv_lens=None, chunk_bytes=None):
+    """Column sums of the attention probabilities on the pairs of ``part``: float32
+    ``[B, Hkv, Nk]``, each key's probability summed over the query rows and over the query
+    heads of its KV head.  ``lse`` ``[B, Hq, Nq]`` is the FINAL log-sum-exp (over every part,
+    as :func:`forward_part` returns per part), so the parts' sums add up to the whole
+    pattern's.  Walks the same chunks as :func:`forward_part`: never an ``n x n`` tensor."""
+    w = _Walk(part, plan, q, k, kv_lens, chunk_bytes)
+    B, Hkv, g, bm = w.B, w.Hkv, w.g, w.bm
+    dev = q.device
+    qf = (_layout_q(q, Hkv) * scale).view(B, Hkv, w.Nq * g, w.D)
+    kf = k.to(torch.float32)
+    lse = lse.to(torch.float32)
+    # Rows without any allowed key give nothing: +inf in place of -inf makes their P zero.
+    lse_eff = torch.where(lse == _NEG_INF, torch.full_like(lse, float("inf")), lse)
+    lse_eff = _layout_q(lse_eff.unsqueeze(-1), Hkv).view(B, Hkv, w.Nq * g)
+    cols = torch.zeros((B, Hkv, w.Nk), dtype=torch.float32, device=dev)
+    for tiles, ktiles, partial, _ in w.chunks(factor=2):
+        G = tiles.numel()
+        qp, grow = w.rows_of(tiles)
+        kp, kidx = w.keys_of(ktiles)
+        width = kp.shape[1]
+        qc, kc = _gather(w, qf, kf, grow, kidx, G, width)
+        s = torch.matmul(qc, kc.transpose(-1, -2))                 # [B, Hkv, G, bm*g, width]
+        del qc, kc
+        w.apply_mask(s, qp, kp, partial)
+        lrow = lse_eff.index_select(2, grow).view(B, Hkv, G, bm, g)
+        # padding query slots were clamped to row 0: they must not count
+        lrow = lrow.masked_fill((qp < 0).to(dev)[None, None, :, :, None], float("inf"))
+        p = s.sub_(lrow.view(B, Hkv, G, bm * g).unsqueeze(-1)).exp_()
+        cols.index_add_(2, kidx, p.sum(3).view(B, Hkv, G * width))
+        del s, p
+    return cols
