@@ -249,6 +249,7 @@ triton = pytest.importorskip("triton")
      dict(kv_lens=torch.tensor([33]))),
     ("blocks(2, 7) | vertical(topk=2, by=norm)", 37, 20, {}),
     ("causal & (slash(topk=2) | blocks(topk=1, block=16))", 45, 1, {}),
+    ("causal & local(20) & blocks(topk=3, block=16)", 64, 64, {}),
 ])
 def test_interpret_backend_matches_dense(text, n, nq, kw):
     attn = patterndsl.compile(text, backend="interpret", block_m=16, block_n=16)
@@ -280,3 +281,32 @@ def test_torch_backend_in_small_chunks(monkeypatch):
     check(attn, 83, 83)
     q, k, _ = inputs(n=83, seed=7)
     assert attn.work(q, k).allowed_pairs == int(attn.mask(83, q=q, k=k).sum())
+
+
+def test_block_topk_visits_clipped_by_the_hull():
+    # Chosen key blocks outside a band's reach are never visited; every allowed pair still
+    # is (the outputs match dense attention under the reference mask).
+    from patterndsl.dynamic.tables import TablePart
+    text = "causal & local(20) & blocks(topk=3, block=16)"
+    attn = patterndsl.compile(text, block_m=16, block_n=16)
+    q, k, _ = inputs(n=96, seed=5)
+    w = attn.work(q, k)
+    spec = patterndsl.parse(text)
+    sp = split(spec.canonical_ir.rules[0].expr)
+    tabs = build_tables(sp, select(spec, q, k), [0, 1, 2, 3], 2, 96, 96, 0, block_m=16,
+                        block_n=16)
+    (tp,) = tabs.parts
+    off, W, first, b, nqb = tabs.blk_layout[tp.term]
+    unclipped = TablePart(tp.predicate, tp.term, tp.kernel_predicate, 2, tp.block_m,
+                          tp.block_n, tp.num_tiles, tabs.blk[:, off:off + nqb * W].contiguous(),
+                          (torch.arange(nqb) * W).repeat_interleave(tp.sub_tiles).expand(8, -1)
+                          .to(torch.int32), None, bsize=b, sub_tiles=tp.sub_tiles,
+                          first_block=first)
+    sel = select(spec, q, k)[tp.term]
+    unclipped.hi = unclipped.lo + sel.count.reshape(8, nqb).repeat_interleave(tp.sub_tiles, 1) \
+        .to(torch.int32)
+    assert int(tp.executed_pairs(0, 96)) < int(unclipped.executed_pairs(0, 96))
+    assert w.table_executed == int(tp.executed_pairs(0, 96))
+    assert w.allowed_pairs == int(attn.mask(96, q=q, k=k).sum())
+    check(attn, 96, 96)
+    check(attn, 96, 40, seed=2)

@@ -22,8 +22,9 @@ row ``bh = b * len(heads) + i``) and one :class:`~.split.DynamicSplit`:
             (one prefix sum over the offset bitmap); windows partition the keys, so no
             pair is visited twice
   2 blocks  (``blocks``) query tiles are ``(query block r, sub-tile)``; the chosen key
-            blocks ``list[bh, lo:hi]`` of block ``r``, each cut into ``ceil(b / bn)``
-            windows of its own keys
+            blocks ``list[bh, lo:hi]`` of block ``r`` (sorted) inside the key-block
+            interval of the part's hull over the sub-tile's rows, each cut into
+            ``ceil(b / bn)`` windows of its own keys
   ========  ==========================================================================
 
   ``lo``/``hi`` are int32 ``[BH, num_tiles]``.  Modes 0 and 2 visit only pairs where
@@ -221,15 +222,30 @@ def _blocks_part(ps, sel, hs, BH, nq, n, q_offset, block_m, block_n):
     bn = min(block_n, max(16, _pow2(b)))
     rows = _rows(sel, hs)                                             # [BH, nqb, W]
     nqb, W = rows.shape[1], rows.shape[2]
+    dev = rows.device
     sub = -(-b // bm)
     count = _rows_count(sel, hs)                                      # [BH, nqb]
-    r = torch.arange(nqb, device=rows.device)
-    lo = (r * W).expand(BH, nqb)
-    hi = lo + count
-    lo = lo.repeat_interleave(sub, 1)
-    hi = hi.repeat_interleave(sub, 1)
+    # Each block's chosen key blocks, ascending, PAD after the count: a sub-tile's visits
+    # are then the contiguous run inside its hull's key-block interval.
+    j = torch.arange(W, device=dev)
+    chosen = (j < count.unsqueeze(-1)) & (rows >= 0)
+    srt = torch.sort(torch.where(chosen, rows.long(), PAD), dim=2).values  # [BH, nqb, W]
+    t = torch.arange(nqb * sub, device=dev)
+    r, s = _fdiv(t, sub), t % sub
+    qb = sel.first_block + r
+    first = torch.clamp(qb * b, min=q_offset) + s * bm
+    end = torch.minimum(torch.clamp(qb * b + b, max=q_offset + nq), first + bm)
+    lo_k, hi_k = key_interval(ps.hull, first, torch.maximum(end - 1, first), n)
+    blo = _fdiv(lo_k, b)
+    bhi = torch.where((hi_k > lo_k) & (end > first), -_fdiv(-hi_k, b), blo)
+    vals = torch.stack((blo, bhi), 0).view(2, nqb, sub).permute(1, 0, 2).reshape(nqb, 2 * sub)
+    at = torch.searchsorted(srt, vals.expand(BH, nqb, 2 * sub).contiguous())
+    base = (r * W).view(1, -1)
+    lo = base + at[:, :, :sub].reshape(BH, nqb * sub)
+    hi = base + at[:, :, sub:].reshape(BH, nqb * sub)
+    lst = torch.where(srt < PAD, srt, -1).reshape(BH, nqb * W)
     return TablePart(ps.predicate, ps.term, ps.visit, 2, bm, bn, nqb * sub,
-                     rows.reshape(BH, nqb * W).to(torch.int32).contiguous(),
+                     lst.to(torch.int32).contiguous(),
                      lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous(),
                      bsize=b, sub_tiles=sub, first_block=sel.first_block)
 
