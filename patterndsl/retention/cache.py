@@ -38,6 +38,7 @@ from ..budgets import adaptive_split
 from ..errors import PsparseUsageError
 from .attend import BACKENDS, attend, head_groups
 from .policy import best, head_policies
+from .prompt import prompt_column_probs
 
 __all__ = ["KVCache"]
 
@@ -258,7 +259,10 @@ class KVCache:
             scale_ = self.head_dim ** -0.5 if scale is None else float(scale)
             qpos = new_pos
             if any(p.heavy for p in policies):
-                probs = self._prompt_probs(layer, kt, vt, pt, q, qpos, ns, scale_)
+                if hmax == 0 and self.backend != "interpret":
+                    probs = self._prompt_probs_tiled(layer, k, q, vmask, scale_)
+                else:
+                    probs = self._prompt_probs(layer, kt, vt, pt, q, qpos, ns, scale_)
             if first and self.snap:
                 probs_win = {}
                 for w in sorted({t_.window for p in policies for t_ in p.terms if t_.kind == "snap"}):
@@ -304,6 +308,22 @@ class KVCache:
         self._n[layer] = ns
         self._started[layer] = True
         self._counts[layer] = [[tuple(c) for c in r] for r in new_counts]
+
+    def _prompt_probs_tiled(self, layer, k, q, vmask, scale):
+        """``_prompt_probs`` for a whole prompt into an empty cache, on the pattern's block
+        plan (:mod:`.prompt`): only visited tiles, never ``t x t``.  A padded element is
+        taken alone, its real tokens being positions ``0..n-1``."""
+        B, t = vmask.shape
+        groups = self.groups[layer]
+        if bool(vmask.all()):
+            return prompt_column_probs(groups, q, k, scale=scale)
+        total = torch.zeros((B, self.num_kv_heads, t), dtype=torch.float32, device=self.device)
+        for b in range(B):
+            idx = vmask[b].nonzero().flatten().to(self.device)
+            if idx.numel():
+                total[b:b + 1, :, idx] = prompt_column_probs(
+                    groups, q[b:b + 1, :, idx], k[b:b + 1, :, idx], scale=scale)
+        return total
 
     def _prompt_probs(self, layer, kt, vt, pt, q, qpos, ns, scale):
         """Attention probability per temporary slot summed over the chunk's query rows
