@@ -310,3 +310,29 @@ def test_block_topk_visits_clipped_by_the_hull():
     assert w.allowed_pairs == int(attn.mask(96, q=q, k=k).sum())
     check(attn, 96, 96)
     check(attn, 96, 40, seed=2)
+
+
+@pytest.mark.parametrize("text", [
+    "causal & (sink(2) | local(6) | vertical(topk=5) | slash(topk=3))",
+    "local(5) & slash(topk=2) | causal & blocks(topk=2, block=24) | vertical(topk=2, by=norm)",
+    "local(6) & vertical(topk=6) | prefix(20) & slash(topk=3) | causal & local(2)",
+    "blocks(3, 7) - local(1) | rows([0:3])",
+])
+def test_torch_backend_decides_whole_tiles_exactly(text):
+    """The torch backend's allowed slots (tile bounds, the predicate only where undecided)
+    equal the part's predicate evaluated on every slot."""
+    from patterndsl.backends.torch_backend import _table_allowed, _table_slots
+    spec = patterndsl.parse(text)
+    sp = split(spec.canonical_ir.rules[0].expr)
+    for n, nq in ((70, 70), (70, 23)):
+        q, k, _ = inputs(n=n, nq=nq, seed=11)
+        tabs = build_tables(sp, select(spec, q, k), [0, 1, 2, 3], 2, nq, n, n - nq,
+                            block_m=16, block_n=16)
+        bh = torch.arange(8)
+        for tp in tabs.parts:
+            qp, kp = _table_slots(tp, n - nq, nq, n)
+            want = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
+            want &= dyn_predicate.evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                                           kp.clamp(min=0)[:, :, None, :], bh.view(-1, 1, 1, 1),
+                                           Context(n), tabs)
+            assert torch.equal(_table_allowed(tp, tabs, Context(n), qp, kp, bh), want)

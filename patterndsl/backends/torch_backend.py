@@ -345,6 +345,28 @@ def _table_chunks(tp, per_slot: int, budget: int):
         yield t0, len(widths)
 
 
+def _table_allowed(tp, tabs, ctx, qp, kp, bh):
+    """bool ``[BH, T', bm, W]``: the part's pairs among a chunk's slots.  Most slots are
+    decided for a whole tile (inside a band, on a chosen column, outside a sink, ...):
+    the element predicate runs only on the undecided ones, gathered."""
+    from ..dynamic.predicate import evaluate, tile_bounds
+    T = qp.shape[0]
+    kc = kp.clamp(min=0)
+    qlo = qp[:, :1].clamp(min=0).view(1, T, 1)
+    qhi = qp.amax(1).clamp(min=0).view(1, T, 1)
+    bhs = bh.view(-1, 1, 1)
+    sure, never = tile_bounds(tp.kernel_predicate, qlo, qhi, kc, bhs, ctx, tabs)
+    live = kp >= 0
+    allowed = (qp >= 0)[None, :, :, None] & (live & sure)[:, :, None, :]
+    ib, it, iw = torch.nonzero(live & ~sure & ~never, as_tuple=True)
+    if ib.numel():
+        qs = qp[it]                                                       # [M, bm]
+        got = evaluate(tp.kernel_predicate, qs.clamp(min=0), kc[ib, it, iw].unsqueeze(-1),
+                       ib.unsqueeze(-1), ctx, tabs)
+        allowed[ib, it, :, iw] = got & (qs >= 0)
+    return allowed
+
+
 class _TableWalk:
     """The chunks (query tiles) of one table part with their gathered rows and keys."""
 
@@ -380,11 +402,7 @@ class _TableWalk:
         q tile [BH, T', bm, D], k tile [BH, T', W, D])."""
         rows = (qp - self.q_offset).clamp(min=0)
         kc = kp.clamp(min=0)
-        bhv = self.bh.view(-1, 1, 1, 1)
-        allowed = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
-        pred = self.evaluate(self.tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
-                             kc[:, :, None, :], bhv, self.ctx, self.tabs)
-        allowed = allowed & pred
+        allowed = _table_allowed(self.tp, self.tabs, self.ctx, qp, kp, self.bh)
         if self.kv_lens is not None:
             allowed = allowed & (kp < self.kv_lens.view(-1, 1, 1))[:, :, None, :]
         qc = qf[self.bh.view(-1, 1, 1), rows.unsqueeze(0)]                # [BH, T', bm, D]

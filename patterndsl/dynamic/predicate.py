@@ -48,3 +48,61 @@ def evaluate(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, bh: torch.Tensor, ctx
     d = q - k
     ok = (d >= 0) & (d < n)
     return ok & (torch.take(flat, row + d.clamp(min=0, max=n - 1)) != 0)
+
+
+def tile_bounds(e: ir.Expr, qlo: torch.Tensor, qhi: torch.Tensor, k: torch.Tensor,
+                bh: torch.Tensor, ctx, tabs):
+    """``(sure, never)`` bool tensors: ``e`` holds at ``(q, k)`` for every ``q`` in
+    ``[qlo, qhi]`` (sure), or for none of them (never); both False where undecided.
+    Conservative (a leaf it does not know is undecided), so a torch backend evaluates the
+    element predicate only on the key slots of a tile that are undecided.  ``qlo``/``qhi``
+    broadcast with ``k`` (keys, non-negative) and the table rows ``bh``."""
+    n = tabs.n
+    if isinstance(e, ir.Union) or isinstance(e, ir.Intersect):
+        parts = [tile_bounds(t, qlo, qhi, k, bh, ctx, tabs) for t in e.terms]
+        sure, never = parts[0]
+        for s, v in parts[1:]:
+            if isinstance(e, ir.Union):
+                sure, never = sure | s, never & v
+            else:
+                sure, never = sure & s, never | v
+        return sure, never
+    if isinstance(e, ir.Difference):
+        ls, lv = tile_bounds(e.left, qlo, qhi, k, bh, ctx, tabs)
+        rs, rv = tile_bounds(e.right, qlo, qhi, k, bh, ctx, tabs)
+        return ls & rv, lv | rs
+    yes = torch.ones_like(k, dtype=torch.bool) & (qlo == qlo)
+    if isinstance(e, ir.All):
+        return yes, ~yes
+    if isinstance(e, ir.Nothing):
+        return ~yes, yes
+    if isinstance(e, ir.Causal):
+        return (k <= qlo) & yes, (k > qhi) & yes
+    if isinstance(e, ir.Local):
+        lft, rgt = min(e.left, max(n, 1)), min(e.right, max(n, 1))
+        return ((k >= qhi - lft) & (k <= qlo + rgt)) & yes, ((k < qlo - lft) | (k > qhi + rgt)) & yes
+    if isinstance(e, ir.Sink):
+        s = (k < min(e.count, max(n, 1))) & yes
+        return s, ~s
+    if isinstance(e, ir.Prefix):
+        p = min(e.length, max(n, 1))
+        return ((qhi < p) & (k < p)) & yes, ((qlo >= p) | (k >= p)) & yes
+    if isinstance(e, ir.TopVertical):
+        s = evaluate(e, qlo, k, bh, ctx, tabs) & yes
+        return s, ~s
+    if isinstance(e, ir.TopSlash):
+        # selected offsets in [qlo - k, qhi - k] by one prefix sum over the offset bitmap
+        cs = tabs.slash_prefix(e)                                   # [BH, n + 1]
+        a = (qlo - k).clamp(min=0, max=n)
+        b = (qhi - k + 1).clamp(min=0, max=n)
+        b = torch.maximum(a, b)
+        base = bh * cs.shape[1]
+        flat = cs.reshape(-1)
+        got = torch.take(flat, base + b) - torch.take(flat, base + a)
+        return (got == (qhi - qlo + 1)) & (qlo >= k) & yes, (got == 0) & yes
+    if isinstance(e, ir.TopBlocks):
+        _, _, _, b, _ = tabs.blk_layout[e]
+        one = _fdiv(qlo, b) == _fdiv(qhi, b)
+        s = evaluate(e, qlo, k, bh, ctx, tabs)
+        return s & one & yes, ~s & one & yes
+    return ~yes, ~yes

@@ -102,6 +102,17 @@ class CallTables:
     blk_layout: dict = field(default_factory=dict)      # term -> (offset, W, first, block, nqb)
     parts: list = field(default_factory=list)
     _block_bitmaps: dict = field(default_factory=dict)
+    _slash_prefix: dict = field(default_factory=dict)
+
+    def slash_prefix(self, term) -> torch.Tensor:
+        """int64 ``[BH, n + 1]``: selected offsets below each offset (built once, for the
+        torch backend's tile bounds)."""
+        if term not in self._slash_prefix:
+            off = self.layout[term]
+            cs = torch.zeros((self.BH, self.n + 1), dtype=torch.int64, device=self.dyn.device)
+            cs[:, 1:] = torch.cumsum(self.dyn[:, off:off + self.n].to(torch.int64), 1)
+            self._slash_prefix[term] = cs
+        return self._slash_prefix[term]
 
     def vertical_bitmap(self, term) -> torch.Tensor:
         off = self.layout[term]
