@@ -21,45 +21,50 @@ BACKENDS = ("torch", "interpret", "triton")
 
 
 def _torch_attend(groups, k, v, pos, q, qpos, contexts, scale, with_probs):
+    """All batch elements and heads at once: the predicate is evaluated once per pattern
+    and element length (elements of equal length share it), broadcast over the KV heads'
+    own key positions; one batched matmul per product, query heads folded per KV head."""
     B, Hq, R, _ = q.shape
     Hkv, C = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    out = torch.zeros((B, Hq, R, v.shape[-1]), dtype=torch.float32, device=q.device)
-    probs = torch.zeros((B, Hkv, C), dtype=torch.float32, device=q.device) if with_probs else None
+    dev = q.device
     head_expr = {}
     for expr, heads in groups:
         for h in heads:
             head_expr[h] = expr
-    kf, vf, qf = k.float(), v.float(), q.float()
-    for b in range(B):
-        qp = qpos[b]
-        q_ok = qp >= 0
-        qc = qp.clamp(min=0)[:, None]
-        for hk in range(Hkv):
-            kp = pos[b, hk]
-            present = kp >= 0
-            if not bool(present.any()) or not bool(q_ok.any()):
-                continue
-            kc = kp.clamp(min=0)[None, :]
-            heads = range(hk * G, (hk + 1) * G)
-            masks = {}
-            allowed = []
-            for h in heads:
-                e = head_expr[h]
-                if e not in masks:
-                    masks[e] = evaluate(e, qc, kc, contexts[b]) & present[None, :] & q_ok[:, None]
-                allowed.append(masks[e])
-            allowed = torch.stack(allowed)                                   # [G, R, C]
-            logits = scale * torch.einsum("grd,cd->grc", qf[b, hk * G:(hk + 1) * G], kf[b, hk])
-            logits = logits.masked_fill(~allowed, float("-inf"))
-            top = logits.amax(dim=-1, keepdim=True)
-            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            p = torch.exp(logits - top)
-            denom = p.sum(dim=-1, keepdim=True)
-            p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
-            out[b, hk * G:(hk + 1) * G] = torch.einsum("grc,cd->grd", p, vf[b, hk])
-            if with_probs:
-                probs[b, hk] = p.sum(dim=(0, 1))
+    exprs = list(dict.fromkeys(head_expr[h] for h in range(Hq)))
+    present = pos >= 0                                                   # [B, Hkv, C]
+    q_ok = qpos >= 0                                                     # [B, R]
+    kc = pos.clamp(min=0)[:, :, None, :]                                 # [B, Hkv, 1, C]
+    qc = qpos.clamp(min=0)[:, None, :, None]                             # [B, 1, R, 1]
+    by_n: dict = {}
+    for b, ctx in enumerate(contexts):
+        by_n.setdefault(ctx.n, []).append(b)
+    if len(by_n) == 1:
+        bsets = [(slice(None), contexts[0])]
+    else:
+        bsets = [(torch.tensor(bs, device=dev), contexts[bs[0]]) for bs in by_n.values()]
+    masks = {e: torch.zeros((B, Hkv, R, C), dtype=torch.bool, device=dev) for e in exprs}
+    for bs, ctx in bsets:
+        for e in exprs:
+            masks[e][bs] = evaluate(e, qc[bs], kc[bs], ctx)
+    ok = present[:, :, None, :] & q_ok[:, None, :, None]                 # [B, Hkv, R, C]
+    if len(exprs) == 1:
+        allowed = (masks[exprs[0]] & ok)[:, :, None]                     # [B, Hkv, 1, R, C]
+    else:
+        allowed = torch.stack([masks[head_expr[h]][:, h // G] for h in range(Hq)], dim=1)
+        allowed = allowed.view(B, Hkv, G, R, C) & ok[:, :, None]
+    qf = q.float().view(B, Hkv, G, R, -1)
+    kf, vf = k.float(), v.float()
+    logits = scale * torch.matmul(qf, kf[:, :, None].transpose(-1, -2))  # [B, Hkv, G, R, C]
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    top = logits.amax(dim=-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    p = torch.exp(logits - top)
+    denom = p.sum(dim=-1, keepdim=True)
+    p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
+    out = torch.matmul(p, vf[:, :, None]).view(B, Hq, R, v.shape[-1])
+    probs = p.sum(dim=(2, 3)) if with_probs else None
     return out, probs
 
 
