@@ -52,57 +52,87 @@ def evaluate(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, bh: torch.Tensor, ctx
 
 def tile_bounds(e: ir.Expr, qlo: torch.Tensor, qhi: torch.Tensor, k: torch.Tensor,
                 bh: torch.Tensor, ctx, tabs):
-    """``(sure, never)`` bool tensors: ``e`` holds at ``(q, k)`` for every ``q`` in
-    ``[qlo, qhi]`` (sure), or for none of them (never); both False where undecided.
-    Conservative (a leaf it does not know is undecided), so a torch backend evaluates the
-    element predicate only on the key slots of a tile that are undecided.  ``qlo``/``qhi``
-    broadcast with ``k`` (keys, non-negative) and the table rows ``bh``."""
+    """``(sure, never)`` bool tensors shaped like ``k``: ``e`` holds at ``(q, k)`` for every
+    ``q`` in ``[qlo, qhi]`` (sure), or for none of them (never); both False where
+    undecided.  Conservative (a leaf it does not know is undecided), so a torch backend
+    evaluates the element predicate only on the key slots of a tile that are undecided.
+    ``qlo``/``qhi`` broadcast with ``k`` (keys, non-negative) and the table rows ``bh``."""
+    sure, never = _bounds(e, qlo, qhi, k, bh, ctx, tabs)
+    shape = torch.broadcast_shapes(k.shape, qlo.shape)
+
+    def full(x):
+        if isinstance(x, bool):
+            return torch.full(shape, x, dtype=torch.bool, device=k.device)
+        return x.expand(shape)
+    return full(sure), full(never)
+
+
+def _and(a, b):
+    if isinstance(a, bool):
+        return b if a else False
+    if isinstance(b, bool):
+        return a if b else False
+    return a & b
+
+
+def _or(a, b):
+    if isinstance(a, bool):
+        return True if a else b
+    if isinstance(b, bool):
+        return True if b else a
+    return a | b
+
+
+def _not(a):
+    return (not a) if isinstance(a, bool) else ~a
+
+
+def _bounds(e, qlo, qhi, k, bh, ctx, tabs):
+    """:func:`tile_bounds` with Python bools for constants (fewer tensor passes)."""
     n = tabs.n
-    if isinstance(e, ir.Union) or isinstance(e, ir.Intersect):
-        parts = [tile_bounds(t, qlo, qhi, k, bh, ctx, tabs) for t in e.terms]
-        sure, never = parts[0]
-        for s, v in parts[1:]:
-            if isinstance(e, ir.Union):
-                sure, never = sure | s, never & v
-            else:
-                sure, never = sure & s, never | v
+    if isinstance(e, (ir.Union, ir.Intersect)):
+        union = isinstance(e, ir.Union)
+        sure, never = _bounds(e.terms[0], qlo, qhi, k, bh, ctx, tabs)
+        for t in e.terms[1:]:
+            s, v = _bounds(t, qlo, qhi, k, bh, ctx, tabs)
+            sure, never = (_or(sure, s), _and(never, v)) if union else (_and(sure, s), _or(never, v))
         return sure, never
     if isinstance(e, ir.Difference):
-        ls, lv = tile_bounds(e.left, qlo, qhi, k, bh, ctx, tabs)
-        rs, rv = tile_bounds(e.right, qlo, qhi, k, bh, ctx, tabs)
-        return ls & rv, lv | rs
-    yes = torch.ones_like(k, dtype=torch.bool) & (qlo == qlo)
+        ls, lv = _bounds(e.left, qlo, qhi, k, bh, ctx, tabs)
+        if isinstance(lv, bool) and lv:
+            return False, True
+        rs, rv = _bounds(e.right, qlo, qhi, k, bh, ctx, tabs)
+        return _and(ls, rv), _or(lv, rs)
     if isinstance(e, ir.All):
-        return yes, ~yes
+        return True, False
     if isinstance(e, ir.Nothing):
-        return ~yes, yes
+        return False, True
     if isinstance(e, ir.Causal):
-        return (k <= qlo) & yes, (k > qhi) & yes
+        return k <= qlo, k > qhi
     if isinstance(e, ir.Local):
         lft, rgt = min(e.left, max(n, 1)), min(e.right, max(n, 1))
-        return ((k >= qhi - lft) & (k <= qlo + rgt)) & yes, ((k < qlo - lft) | (k > qhi + rgt)) & yes
+        return (k >= qhi - lft) & (k <= qlo + rgt), (k < qlo - lft) | (k > qhi + rgt)
     if isinstance(e, ir.Sink):
-        s = (k < min(e.count, max(n, 1))) & yes
+        s = k < min(e.count, max(n, 1))
         return s, ~s
     if isinstance(e, ir.Prefix):
         p = min(e.length, max(n, 1))
-        return ((qhi < p) & (k < p)) & yes, ((qlo >= p) | (k >= p)) & yes
+        return (qhi < p) & (k < p), (qlo >= p) | (k >= p)
     if isinstance(e, ir.TopVertical):
-        s = evaluate(e, qlo, k, bh, ctx, tabs) & yes
+        s = evaluate(e, qlo, k, bh, ctx, tabs)
         return s, ~s
     if isinstance(e, ir.TopSlash):
         # selected offsets in [qlo - k, qhi - k] by one prefix sum over the offset bitmap
         cs = tabs.slash_prefix(e)                                   # [BH, n + 1]
         a = (qlo - k).clamp(min=0, max=n)
-        b = (qhi - k + 1).clamp(min=0, max=n)
-        b = torch.maximum(a, b)
+        b = torch.maximum(a, (qhi - k + 1).clamp(min=0, max=n))
         base = bh * cs.shape[1]
         flat = cs.reshape(-1)
         got = torch.take(flat, base + b) - torch.take(flat, base + a)
-        return (got == (qhi - qlo + 1)) & (qlo >= k) & yes, (got == 0) & yes
+        return (got == (qhi - qlo + 1)) & (qlo >= k), got == 0
     if isinstance(e, ir.TopBlocks):
         _, _, _, b, _ = tabs.blk_layout[e]
         one = _fdiv(qlo, b) == _fdiv(qhi, b)
         s = evaluate(e, qlo, k, bh, ctx, tabs)
-        return s & one & yes, ~s & one & yes
-    return ~yes, ~yes
+        return s & one, ~s & one
+    return False, False
