@@ -54,16 +54,17 @@ def _torch_attend(groups, k, v, pos, q, qpos, contexts, scale, with_probs):
     else:
         allowed = torch.stack([masks[head_expr[h]][:, h // G] for h in range(Hq)], dim=1)
         allowed = allowed.view(B, Hkv, G, R, C) & ok[:, :, None]
-    qf = q.float().view(B, Hkv, G, R, -1)
+    # query heads folded into the rows of their KV head: no broadcast copy of the keys
+    qf = q.float().reshape(B, Hkv, G * R, -1)
     kf, vf = k.float(), v.float()
-    logits = scale * torch.matmul(qf, kf[:, :, None].transpose(-1, -2))  # [B, Hkv, G, R, C]
+    logits = scale * torch.matmul(qf, kf.transpose(-1, -2)).view(B, Hkv, G, R, C)
     logits = logits.masked_fill(~allowed, float("-inf"))
     top = logits.amax(dim=-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     p = torch.exp(logits - top)
     denom = p.sum(dim=-1, keepdim=True)
     p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
-    out = torch.matmul(p, vf[:, :, None]).view(B, Hq, R, v.shape[-1])
+    out = torch.matmul(p.view(B, Hkv, G * R, C), vf).view(B, Hq, R, v.shape[-1])
     probs = p.sum(dim=(2, 3)) if with_probs else None
     return out, probs
 

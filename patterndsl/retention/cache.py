@@ -438,39 +438,74 @@ class KVCache:
         self._grow(layer, grown)
 
     def _write(self, layer, plans, k, v):
+        """Store each (element, KV head)'s kept slots, old ones first, in position order.
+
+        Batched over the plans: the old slots are compacted by one gather per tensor (skipped
+        when nothing old is evicted), the new ones written by one indexed store."""
         kk, vv, pos = self._k[layer], self._v[layer], self._pos[layer]
         acc, snap = self._acc[layer], self._snapped[layer]
         held = self._held[layer]
+        dev = self.device
+        B, H = self.batch, self.num_kv_heads
+        c = max(state["old"] for _, _, state, _ in plans)
+        keep_old = torch.zeros((B, H, c), dtype=torch.bool, device=dev)
+        acc_old = torch.zeros((B, H, c), dtype=torch.float64, device=dev) if acc is not None else None
+        snap_old = torch.zeros((B, H, c), dtype=torch.bool, device=dev) if snap is not None else None
+        nb, nh, src, rank, npos, nacc, nsnap = [], [], [], [], [], [], []
         for b, h, state, keep in plans:
-            c = state["old"]
-            keep_old, keep_new = keep[:c], keep[c:]
-            m = c
-            if not bool(keep_old.all()):
-                idx = keep_old.nonzero().flatten()
-                m = idx.numel()
-                kk[b, h, :m] = kk[b, h, idx]
-                vv[b, h, :m] = vv[b, h, idx]
-                pos[b, h, :m] = pos[b, h, idx]
-                pos[b, h, m:c] = -1
+            co = state["old"]
+            keep_old[b, h, :co] = keep[:co]
             if acc is not None:
-                acc[b, h, :m] = state["acc"][:c][keep_old]
+                acc_old[b, h, :co] = state["acc"][:co]
             if snap is not None:
-                snap[b, h, :m] = state["snap"][:c][keep_old]
+                snap_old[b, h, :co] = state["snap"][:co]
+            keep_new = keep[co:]
             idx = state["idx_new"][keep_new]
             e = idx.numel()
             if e:
-                kk[b, h, m: m + e] = k[b, h, idx]
-                vv[b, h, m: m + e] = v[b, h, idx]
-                pos[b, h, m: m + e] = state["pos"][c:][keep_new]
+                nb.append((b, h, e))
+                src.append(idx)
+                npos.append(state["pos"][co:][keep_new])
                 if acc is not None:
-                    acc[b, h, m: m + e] = state["acc"][c:][keep_new]
+                    nacc.append(state["acc"][co:][keep_new])
                 if snap is not None:
-                    snap[b, h, m: m + e] = state["snap"][c:][keep_new]
+                    nsnap.append(state["snap"][co:][keep_new])
+        m = keep_old.sum(-1)                                               # [B, H]
+        live = torch.arange(c, device=dev) < m[..., None]                 # [B, H, c]
+        if c:
+            if not bool(keep_old.eq(pos[:, :, :c] >= 0).all()):
+                # kept first, each side in its order: a stable sort of "evicted"
+                order = torch.argsort((~keep_old).to(torch.int8), dim=-1, stable=True)
+                # row copies by advanced indexing (a gather over head_dim is elementwise)
+                ib = torch.arange(B, device=dev)[:, None, None]
+                ih = torch.arange(H, device=dev)[None, :, None]
+                kk[:, :, :c] = kk[ib, ih, order]
+                vv[:, :, :c] = vv[ib, ih, order]
+                pos[:, :, :c] = torch.where(live, pos[:, :, :c].gather(2, order), -1)
+                if acc is not None:
+                    acc_old = acc_old.gather(2, order)
+                if snap is not None:
+                    snap_old = snap_old.gather(2, order)
             if acc is not None:
-                acc[b, h, m + e: c] = 0
+                acc[:, :, :c] = torch.where(live, acc_old, 0.0)
             if snap is not None:
-                snap[b, h, m + e: c] = False
-            held[b][h] = m + e
+                snap[:, :, :c] = snap_old & live
+        ml = m.tolist()
+        if nb:
+            bi = torch.cat([torch.full((e,), b, dtype=torch.int64) for b, _, e in nb]).to(dev)
+            hi = torch.cat([torch.full((e,), h, dtype=torch.int64) for _, h, e in nb]).to(dev)
+            di = torch.cat([torch.arange(ml[b][h], ml[b][h] + e) for b, h, e in nb]).to(dev)
+            si = torch.cat(src)
+            kk[bi, hi, di] = k[bi, hi, si]
+            vv[bi, hi, di] = v[bi, hi, si]
+            pos[bi, hi, di] = torch.cat(npos)
+            if acc is not None:
+                acc[bi, hi, di] = torch.cat(nacc)
+            if snap is not None:
+                snap[bi, hi, di] = torch.cat(nsnap)
+        added = {(b, h): e for b, h, e in nb}
+        for b, h, _, _ in plans:
+            held[b][h] = ml[b][h] + added.get((b, h), 0)
 
     def _grow(self, layer: int, cap: int) -> None:
         old = self._cap[layer]
