@@ -249,6 +249,8 @@ class KVCache:
             new_pos[b, vmask[b]] = torch.arange(ns_old[b], ns[b])
         new_pos = new_pos.to(self.device)
         held = self._held[layer]
+        if q is None and not first and self._append_fast(layer, k, v, vmask, ns):
+            return
         deciding = q is not None
         probs = probs_win = None
         hmax = max(max(r) for r in held)
@@ -451,7 +453,7 @@ class KVCache:
         keep_old = torch.zeros((B, H, c), dtype=torch.bool, device=dev)
         acc_old = torch.zeros((B, H, c), dtype=torch.float64, device=dev) if acc is not None else None
         snap_old = torch.zeros((B, H, c), dtype=torch.bool, device=dev) if snap is not None else None
-        nb, nh, src, rank, npos, nacc, nsnap = [], [], [], [], [], [], []
+        nb, src, npos, nacc, nsnap = [], [], [], [], []
         for b, h, state, keep in plans:
             co = state["old"]
             keep_old[b, h, :co] = keep[:co]
@@ -470,6 +472,107 @@ class KVCache:
                     nacc.append(state["acc"][co:][keep_new])
                 if snap is not None:
                     nsnap.append(state["snap"][co:][keep_new])
+        m = self._compact(layer, keep_old, acc_old, snap_old)
+        ml = m.tolist()
+        if nb:
+            bi = torch.cat([torch.full((e,), b, dtype=torch.int64) for b, _, e in nb]).to(dev)
+            hi = torch.cat([torch.full((e,), h, dtype=torch.int64) for _, h, e in nb]).to(dev)
+            di = torch.cat([torch.arange(ml[b][h], ml[b][h] + e) for b, h, e in nb]).to(dev)
+            si = torch.cat(src)
+            kk[bi, hi, di] = k[bi, hi, si]
+            vv[bi, hi, di] = v[bi, hi, si]
+            pos[bi, hi, di] = torch.cat(npos)
+            if acc is not None:
+                acc[bi, hi, di] = torch.cat(nacc)
+            if snap is not None:
+                snap[bi, hi, di] = torch.cat(nsnap)
+        added = {(b, h): e for b, h, e in nb}
+        for b, h, _, _ in plans:
+            held[b][h] = ml[b][h] + added.get((b, h), 0)
+
+    def _simple(self, policies) -> bool:
+        """Score terms (if any) all ``heavy`` with fixed counts: the step's bookkeeping can be
+        batched over elements and KV heads."""
+        return all(p.adaptive is None and all(t.kind == "heavy" for t in p.terms) for p in policies)
+
+    def _append_fast(self, layer, k, v, vmask, ns) -> bool:
+        """``update`` without queries, batched over elements and KV heads, where they are in
+        step (no padding in the chunk, equal lengths and held counts): the position terms
+        decide, heavy waits for the step's attention.  False: take the general path (nothing
+        changed)."""
+        policies = self.policies[layer]
+        held = self._held[layer]
+        B, H = self.batch, self.num_kv_heads
+        t = k.shape[2]
+        c = held[0][0]
+        if not self._simple(policies) or len(set(ns)) != 1 or \
+                any(x != c for r in held for x in r) or not bool(vmask.all()):
+            return False
+        n = ns[0]
+        dev = self.device
+        newp = torch.arange(n - t, n, device=dev)
+        P = torch.cat([self._pos[layer][:, :, :c], newp.expand(B, H, t)], dim=2)
+        keep = torch.ones((B, H, c + t), dtype=torch.bool, device=dev)
+        for h, pol in enumerate(policies):
+            if not pol.terms:
+                keep[:, h] = self._base(pol, P[:, h], n)
+        if not bool(keep[..., c:].all()):
+            return False
+        need = int(keep.sum(-1).max())
+        self._fit(layer, need, ns, pending=any(p.heavy for p in policies))
+        m = self._compact(layer, keep[..., :c], None if self._acc[layer] is None
+                          else self._acc[layer][:, :, :c].clone(), None)
+        if not bool((m == m[0, 0]).all()):
+            raise AssertionError("elements in step kept different counts")
+        m0 = int(m[0, 0])
+        self._k[layer][:, :, m0:m0 + t] = k
+        self._v[layer][:, :, m0:m0 + t] = v
+        self._pos[layer][:, :, m0:m0 + t] = newp
+        if self._acc[layer] is not None:
+            self._acc[layer][:, :, m0:m0 + t] = 0
+        self._held[layer] = [[m0 + t] * H for _ in range(B)]
+        self._n[layer] = list(ns)
+        return True
+
+    def _settle_fast(self, layer) -> bool:
+        """``_settle`` batched over elements and KV heads (see ``_simple``): position terms,
+        then each heavy term's best among the rest, ties evicting the earliest."""
+        policies = self.policies[layer]
+        if not self._simple(policies) or self._snapped[layer] is not None:
+            return False
+        ns = self._n[layer]
+        if len(set(ns)) != 1:
+            return False
+        n = ns[0]
+        B, H = self.batch, self.num_kv_heads
+        c = max(max(r) for r in self._held[layer])
+        P = self._pos[layer][:, :, :c]
+        present = P >= 0
+        kept = torch.stack([self._base(policies[h], P[:, h], n) for h in range(H)], dim=1) & present
+        acc = self._acc[layer][:, :, :c]
+        counts = torch.tensor([[list(self._counts[layer][b][h]) for h in range(H)] for b in range(B)],
+                              dtype=torch.int64, device=self.device)          # [B, H, terms]
+        for j in range(counts.shape[2]):
+            cand = present & ~kept
+            # later slots first, then a stable sort by score: ties keep the later slot
+            score = torch.where(cand, acc, torch.full_like(acc, float("-inf"))).flip(-1)
+            order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+            take = (torch.arange(c, device=self.device) < counts[:, :, j, None]) & cand.flip(-1).gather(2, order)
+            pick = torch.zeros_like(cand)
+            pick.scatter_(2, c - 1 - order, take)
+            kept = kept | pick
+        m = self._compact(layer, kept, acc.clone(), None)
+        self._held[layer] = m.tolist()
+        return True
+
+    def _compact(self, layer, keep_old, acc_old, snap_old):
+        """Move each (element, KV head)'s kept old slots ``keep_old [B, H, c]`` to the front in
+        their order, with their scores ``acc_old`` and snap flags ``snap_old``; the freed
+        slots cleared.  Returns the kept counts ``[B, H]``."""
+        kk, vv, pos = self._k[layer], self._v[layer], self._pos[layer]
+        acc, snap = self._acc[layer], self._snapped[layer]
+        dev = self.device
+        B, H, c = keep_old.shape
         m = keep_old.sum(-1)                                               # [B, H]
         live = torch.arange(c, device=dev) < m[..., None]                 # [B, H, c]
         if c:
@@ -490,22 +593,7 @@ class KVCache:
                 acc[:, :, :c] = torch.where(live, acc_old, 0.0)
             if snap is not None:
                 snap[:, :, :c] = snap_old & live
-        ml = m.tolist()
-        if nb:
-            bi = torch.cat([torch.full((e,), b, dtype=torch.int64) for b, _, e in nb]).to(dev)
-            hi = torch.cat([torch.full((e,), h, dtype=torch.int64) for _, h, e in nb]).to(dev)
-            di = torch.cat([torch.arange(ml[b][h], ml[b][h] + e) for b, h, e in nb]).to(dev)
-            si = torch.cat(src)
-            kk[bi, hi, di] = k[bi, hi, si]
-            vv[bi, hi, di] = v[bi, hi, si]
-            pos[bi, hi, di] = torch.cat(npos)
-            if acc is not None:
-                acc[bi, hi, di] = torch.cat(nacc)
-            if snap is not None:
-                snap[bi, hi, di] = torch.cat(nsnap)
-        added = {(b, h): e for b, h, e in nb}
-        for b, h, _, _ in plans:
-            held[b][h] = ml[b][h] + added.get((b, h), 0)
+        return m
 
     def _grow(self, layer: int, cap: int) -> None:
         old = self._cap[layer]
@@ -562,6 +650,8 @@ class KVCache:
         acc = self._acc[layer]
         c = probs.shape[2]
         acc[:, :, :c] += probs.double()
+        if self._settle_fast(layer):
+            return
         policies = self.policies[layer]
         plans = []
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
