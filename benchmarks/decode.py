@@ -18,7 +18,8 @@ The cache is filled with a prompt of ``context`` random tokens; each timed step 
 key and value (``update``) and decodes one query (``decode``, which for heavy also
 accumulates the fused probabilities and evicts).  Reported: the storage the cache holds for
 keys, values and positions (and heavy's scores), the prefill update's time (for heavy it
-includes the prompt's attention, quadratic in the context), and the median wall time of a
+includes the prompt's attention column sums, computed on the pattern's block plan over the
+visited tiles only: half the square for ``causal``), and the median wall time of a
 step over ``steps`` steps after two warm-up steps.  On a busy CPU pass ``--threads 1``: the
 per-step tensors are small, and intra-op threads mostly contend.  Nothing is written to
 RESULTS.md.
