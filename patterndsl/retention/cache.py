@@ -261,7 +261,10 @@ class KVCache:
             scale_ = self.head_dim ** -0.5 if scale is None else float(scale)
             qpos = new_pos
             if any(p.heavy for p in policies):
-                if hmax == 0 and self.backend != "interpret":
+                # a whole prompt into an empty cache: on the plan (the interpreter backend
+                # keeps exercising the kernel; unplannable patterns get attend's error)
+                if hmax == 0 and self.backend != "interpret" and not any(
+                        e.needs_doc_ids or e.is_dynamic for e, _ in self.groups[layer]):
                     probs = self._prompt_probs_tiled(layer, k, q, vmask, scale_)
                 else:
                     probs = self._prompt_probs(layer, kt, vt, pt, q, qpos, ns, scale_)
