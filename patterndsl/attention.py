@@ -25,6 +25,7 @@ CPU), ``"triton"`` (the generated Triton kernels; the default on CUDA) and ``"in
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from typing import Optional
@@ -64,8 +65,10 @@ def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = No
     monotone in them (no dynamic term right of ``-``) runs as its static part (planned once,
     closed-form runs) plus one table part per term, each one launch over every batch element
     and query head, reading per-call tables built on the device
-    (:mod:`patterndsl.dynamic.split`, :mod:`patterndsl.dynamic.tables`); other lines (and
-    lines with ``document``) are planned per (batch element, query head).  ``dynamic=False``
+    (:mod:`patterndsl.dynamic.split`, :mod:`patterndsl.dynamic.tables`), per document
+    layout for lines with ``document`` (torch backend; the generated table kernels read no
+    document ids yet, so there such lines are planned per head); other lines are planned
+    per (batch element, query head).  ``dynamic=False``
     refuses such specs, for callers that must never plan per call.
     ``num_layers`` is what a ``pyramid`` budget over those terms needs beside ``layer=``."""
     return CompiledPattern(spec, head_dim=head_dim, dtype=dtype, backend=backend,
@@ -420,6 +423,8 @@ class CompiledPattern:
         selections = None
         for expr, heads in self._head_groups(Hq, layer):
             sp = self._split(expr) if expr.is_dynamic else None
+            if sp is not None and expr.needs_doc_ids and self._backend_name(q) != "torch":
+                sp = None       # the generated table kernels read no document ids yet
             if expr.is_dynamic and selections is None:
                 selections = self.selection(q, k, scale=scale, q_offset=q_offset, layer=layer)
             if expr.is_dynamic and sp is None:
@@ -434,16 +439,6 @@ class CompiledPattern:
                 hk = torch.tensor(kv_set, dtype=torch.int64)
             else:
                 hk = kv_of
-            if sp is not None:
-                from .dynamic.tables import build_tables
-                plan = None
-                if not isinstance(sp.static, ir.Nothing):
-                    plan = build_plan(sp.static, Nk, nq=Nq, q_offset=q_offset, **opts)
-                tabs = build_tables(sp, selections, heads, B, Nq, Nk, q_offset,
-                                    block_m=self.tile_options.get("block_m", 64),
-                                    block_n=self.tile_options.get("block_n", 64))
-                yield plan, slice(0, B), hq, hk, None, tabs
-                continue
             splits = [(slice(0, B), None)]
             if expr.needs_doc_ids:
                 doc = doc_ids.to("cpu", torch.int64)
@@ -453,6 +448,21 @@ class CompiledPattern:
                     splits = [(slice(0, B), doc[0])]
                 else:
                     splits = [(slice(b, b + 1), doc[b]) for b in range(B)]
+            if sp is not None:
+                from .dynamic.tables import build_tables
+                for bs, doc in splits:
+                    plan = None
+                    if not isinstance(sp.static, ir.Nothing):
+                        plan = build_plan(sp.static, Nk, nq=Nq, q_offset=q_offset, doc_ids=doc,
+                                          **opts)
+                    sels = selections if bs.stop - bs.start == B else \
+                        {t: dataclasses.replace(s, index=s.index[bs], count=s.count[bs])
+                         for t, s in selections.items()}
+                    tabs = build_tables(sp, sels, heads, bs.stop - bs.start, Nq, Nk, q_offset,
+                                        block_m=self.tile_options.get("block_m", 64),
+                                        block_n=self.tile_options.get("block_n", 64))
+                    yield plan, bs, hq, hk, doc, tabs
+                continue
             for bs, doc in splits:
                 plan = build_plan(expr, Nk, nq=Nq, q_offset=q_offset, doc_ids=doc, **opts)
                 yield plan, bs, hq, hk, doc, None
@@ -461,7 +471,7 @@ class CompiledPattern:
         """The static and table parts of a dynamic line (None: plan per head instead)."""
         if expr not in self._splits:
             from .dynamic.split import split
-            self._splits[expr] = None if expr.needs_doc_ids else split(expr)
+            self._splits[expr] = split(expr)
         return self._splits[expr]
 
     def _table_backend(self, q):
@@ -497,7 +507,7 @@ class CompiledPattern:
                 if plan is not None:
                     tally.add_plan(plan, copies, allowed=True)
                 if tabs is not None:
-                    ctx = plan.context if plan is not None else Context(k.shape[2])
+                    ctx = self._table_context(plan, k.shape[2], doc)
                     for tp in tabs.parts:
                         tally.add_table(tp, tabs, allowed=True, ctx=ctx)
         return tally.result()
@@ -554,7 +564,7 @@ class CompiledPattern:
                            for part in plan.parts]
             if tabs is not None:
                 tfwd, _ = self._table_backend(q)
-                ctx = self._table_context(plan, Nk)
+                ctx = self._table_context(plan, Nk, doc)
                 for tp in tabs.parts:
                     tally.add_table(tp, tabs)
                     results.append(tfwd(tp, tabs, qs, ks, vs, scale=scale, kv_lens=kl, ctx=ctx))
@@ -566,9 +576,9 @@ class CompiledPattern:
         return out.to(q.dtype), lse
 
     @staticmethod
-    def _table_context(plan, n):
+    def _table_context(plan, n, doc=None):
         from .plan.context import Context
-        return plan.context if plan is not None else Context(n)
+        return plan.context if plan is not None else Context(n, doc)
 
     def _backward(self, q, k, v, out, lse, dout, dlse, doc_ids, kv_lens, scale, q_offset, layer):
         B, Hq, Nq, _ = q.shape
@@ -599,7 +609,7 @@ class CompiledPattern:
                                  doc_ids=dd, **extra))
             if tabs is not None:
                 _, tbwd = self._table_backend(q)
-                ctx = self._table_context(plan, Nk)
+                ctx = self._table_context(plan, Nk, doc)
                 for tp in tabs.parts:
                     grads.append(tbwd(tp, tabs, qs, ks, vs, os_, ls, ds, scale=scale, kv_lens=kl,
                                       ctx=ctx, **extra))

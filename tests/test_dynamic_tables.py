@@ -336,3 +336,44 @@ def test_torch_backend_decides_whole_tiles_exactly(text):
                                            kp.clamp(min=0)[:, :, None, :], bh.view(-1, 1, 1, 1),
                                            Context(n), tabs)
             assert torch.equal(_table_allowed(tp, tabs, Context(n), qp, kp, bh), want)
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_document_lines_take_the_table_path(monkeypatch, per_batch):
+    """A monotone line with ``document`` runs its static part and table parts once per
+    document layout (not one plan per batch element and head), matching dense float64."""
+    calls = _count(monkeypatch)
+    text = "document & causal & (local(3) | vertical(topk=4) | slash(topk=3) | blocks(topk=1, block=16))"
+    attn = patterndsl.compile(text, block_m=16, block_n=16)
+    n, nq = 67, 50
+    q, k, v = (x.requires_grad_() for x in inputs(n=n, nq=nq, seed=9))
+    bounds = [[0] * 20 + [1] * 30 + [2] * 17, [0] * 41 + [1] * 26]
+    doc = torch.tensor(bounds if per_batch else bounds[0])
+    out, lse = attn(q, k, v, doc_ids=doc, return_lse=True)
+    layouts = 2 if per_batch else 1
+    assert calls["table"] == 3 * layouts and calls["plans"] == layouts
+    mask = attn.mask(n, q=q.detach(), k=k.detach(), doc_ids=doc)
+    mask = mask if mask.dim() == 4 else mask.expand(2, *mask.shape[-3:])
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref, ref_lse = dense(qd, kd, vd, mask, 16 ** -0.5)
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    (ref * grad.double()).sum().backward()
+    assert rel(out, ref) < TOL
+    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
+        assert rel(got, want) < TOL
+    assert attn.work(q.detach(), k.detach(), doc_ids=doc).allowed_pairs == int(mask.sum())
+
+
+def test_document_lines_on_the_kernels_keep_substitution(monkeypatch):
+    # The generated table kernels read no document ids: such lines are planned per head.
+    calls = _count(monkeypatch)
+    attn = patterndsl.compile("document & causal & (local(2) | vertical(topk=2))",
+                              backend="interpret", block_m=16, block_n=16)
+    q, k, v = inputs(B=1, Hq=2, Hkv=1, n=40, seed=4)
+    doc = torch.tensor([0] * 15 + [1] * 25)
+    out = attn(q, k, v, doc_ids=doc)
+    assert calls["plans"] == 2
+    mask = attn.mask(40, q=q, k=k, doc_ids=doc)
+    ref, _ = dense(q.double(), k.double(), v.double(), mask, 16 ** -0.5)
+    assert rel(out, ref) < TOL

@@ -352,13 +352,25 @@ def _table_allowed(tp, tabs, ctx, qp, kp, bh):
     from ..dynamic.predicate import evaluate, tile_bounds
     T = qp.shape[0]
     kc = kp.clamp(min=0)
+    if tp.mode == 1:
+        # Diagonal windows: a tile's rows cross every offset of a window, so nearly every
+        # slot is undecided; one broadcast evaluation is cheaper than bounds plus a gather.
+        allowed = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
+        return allowed & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                                  kc[:, :, None, :], bh.view(-1, 1, 1, 1), ctx, tabs)
     qlo = qp[:, :1].clamp(min=0).view(1, T, 1)
     qhi = qp.amax(1).clamp(min=0).view(1, T, 1)
     bhs = bh.view(-1, 1, 1)
     sure, never = tile_bounds(tp.kernel_predicate, qlo, qhi, kc, bhs, ctx, tabs)
     live = kp >= 0
     allowed = (qp >= 0)[None, :, :, None] & (live & sure)[:, :, None, :]
-    ib, it, iw = torch.nonzero(live & ~sure & ~never, as_tuple=True)
+    undecided = live & ~sure & ~never
+    if int(undecided.sum()) * 4 > int(live.sum()):
+        # mostly undecided: the broadcast evaluation costs less than a gather
+        return allowed | ((qp >= 0)[None, :, :, None] & undecided[:, :, None, :] &
+                          evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                                   kc[:, :, None, :], bh.view(-1, 1, 1, 1), ctx, tabs))
+    ib, it, iw = torch.nonzero(undecided, as_tuple=True)
     if ib.numel():
         qs = qp[it]                                                       # [M, bm]
         got = evaluate(tp.kernel_predicate, qs.clamp(min=0), kc[ib, it, iw].unsqueeze(-1),
