@@ -72,3 +72,45 @@ def test_prompt_scores_of_a_padded_batch_equal_each_element_alone():
             want = sorted(base | set(rest[:11]))
             assert cache.positions(0, kh, b).tolist() == want, (b, kh)
             torch.testing.assert_close(cache.scores(0, kh, b), score[want], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", [
+    "causal\nkv = sink(2) + recent(3) + heavy(6)",
+    "causal & (sink(2) | local(12))\nkv = auto",
+    "heads 0:2 = causal & local(9)\nheads 2:4 = causal & (sink(1) | local(5))\nkv = recent(2) + heavy(4)",
+])
+def test_batched_step_bookkeeping_equals_the_per_element_path(text, monkeypatch):
+    """The batched append and heavy eviction (elements in step) against the general
+    per-element path on the same inputs: same positions, scores and outputs."""
+    torch.manual_seed(11)
+    spec = parse(text)
+    B, hkv, hq, d, prompt, steps = 2, 2, 4, 8, 20, 30
+    total = prompt + steps
+    k = torch.randn(B, hkv, total, d)
+    v = torch.randn(B, hkv, total, d)
+    q = torch.randn(B, hq, total, d) * 2
+
+    def run():
+        cache = KVCache(spec, 1, B, hkv, d, num_heads=hq)
+        extra = {"q": q[:, :, :prompt]} if cache.heavy else {}
+        cache.update(0, k[:, :, :prompt], v[:, :, :prompt], **extra)
+        outs, seen = [], []
+        for n in range(prompt + 1, total + 1):
+            cache.update(0, k[:, :, n - 1:n], v[:, :, n - 1:n])
+            outs.append(cache.decode(0, q[:, :, n - 1:n]))
+            seen.append([(cache.positions(0, h, b).tolist(),
+                          cache.scores(0, h, b) if cache.heavy else None)
+                         for b in range(B) for h in range(hkv)])
+        return outs, seen
+
+    fast = run()
+    monkeypatch.setattr(KVCache, "_append_fast", lambda self, *a: False)
+    monkeypatch.setattr(KVCache, "_settle_fast", lambda self, *a: False)
+    slow = run()
+    for o1, o2 in zip(fast[0], slow[0]):
+        torch.testing.assert_close(o1, o2, rtol=1e-6, atol=1e-7)
+    for s1, s2 in zip(fast[1], slow[1]):
+        for (p1, a1), (p2, a2) in zip(s1, s2):
+            assert p1 == p2
+            if a1 is not None:
+                torch.testing.assert_close(a1, a2, rtol=1e-12, atol=1e-12)
