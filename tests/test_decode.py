@@ -12,16 +12,9 @@ from patterndsl.retention.attend import attend, head_groups
 from patterndsl.retention.cache import KVCache
 from patterndsl.spec import parse
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors per step: one intra-op thread avoids thread contention on a busy
-    2-core box (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def dense_reference(spec, k, v, pos, q, ns, layer=0, num_layers=None):
     """float64 ``(out [B, Hq, r, Dv], probs [B, Hkv, C])``: the last ``r`` positions of each

@@ -14,16 +14,9 @@ from patterndsl.retention.cache import KVCache
 from patterndsl.retention.policy import head_policies, position_policy
 from patterndsl.spec import parse
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors per step: one intra-op thread avoids thread contention on a busy
-    2-core box (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def needed(text: str, n: int, horizon: int, num_heads: int | None = None) -> torch.Tensor:
     """bool [n]: keys < n attended by some decode row q = m - 1, m in [n, n + horizon],

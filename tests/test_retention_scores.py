@@ -15,16 +15,9 @@ from patterndsl.spec import parse
 
 _MASKS: dict = {}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors per step: one intra-op thread avoids thread contention on a busy
-    2-core box (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _mask(spec, n, nq, heads=8):
     key = (spec.canonical(), n, nq)
