@@ -15,9 +15,6 @@ its heads' rows (``HSEL``); the merge runs once.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-import threading
 from functools import lru_cache
 
 from .. import ir
@@ -26,10 +23,6 @@ from .emit import bind, emit
 from .render import canonical_text, environment, kernel_name
 
 __all__ = ["decode_source", "decode_attend"]
-
-_LOCK = threading.RLock()
-_MODULES: dict[str, object] = {}
-_INTERPRETED: dict[tuple[str, str], object] = {}
 
 BLOCK_N = 32
 # Keys per split: enough tiles that a program amortises its query load, few enough that a
@@ -48,32 +41,15 @@ def decode_source(expr: ir.Expr) -> tuple[str, str]:
 
 
 def _module(expr: ir.Expr):
-    from .triton_backend import _materialise
+    from .triton_backend import load_generated
     name, src = decode_source(ir.strip_spans(expr))
-    with _LOCK:
-        mod = _MODULES.get(name)
-        if mod is None:
-            path = _materialise(name, src)
-            modname = f"_psparse_decode_{path.stem}"
-            spec = importlib.util.spec_from_file_location(modname, str(path))
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[modname] = mod
-            spec.loader.exec_module(mod)
-            _MODULES[name] = mod
-    return name, mod
+    return name, load_generated(name, src, "_psparse_decode")
 
 
 def _kernel(expr: ir.Expr, which: str, interpret: bool):
+    from .triton_backend import generated_kernel
     name, mod = _module(expr)
-    fn = getattr(mod, f"{name}_{which}")
-    if not interpret:
-        return fn
-    with _LOCK:
-        key = (name, which)
-        if key not in _INTERPRETED:
-            from triton.runtime.interpreter import InterpretedFunction
-            _INTERPRETED[key] = fn if isinstance(fn, InterpretedFunction) else InterpretedFunction(fn.fn)
-        return _INTERPRETED[key]
+    return generated_kernel(name, mod, which, interpret)
 
 
 def _launch(fn, grid, interpret, args, kwargs):

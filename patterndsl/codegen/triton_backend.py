@@ -71,20 +71,40 @@ def _materialise(name: str, src: str) -> Path:
     return path
 
 
-def kernel_module(expr: ir.Expr):
-    """The imported module of ``expr``'s kernels (cached in-process)."""
-    name, src = kernel_source(ir.strip_spans(expr))
+def load_generated(name: str, src: str, prefix: str = "_psparse_kernels"):
+    """The imported module of generated source ``src`` (written to the cache, imported once
+    per process: ``triton.jit`` needs a real file to read its functions from)."""
     with _LOCK:
         mod = _MODULES.get(name)
         if mod is None:
             path = _materialise(name, src)
-            modname = f"_psparse_kernels_{path.stem}"
+            modname = f"{prefix}_{path.stem}"
             spec = importlib.util.spec_from_file_location(modname, str(path))
             mod = importlib.util.module_from_spec(spec)
             sys.modules[modname] = mod
             spec.loader.exec_module(mod)
             _MODULES[name] = mod
-    return name, mod
+    return mod
+
+
+def generated_kernel(name: str, mod, which: str, interpret: bool):
+    """``{name}_{which}`` of a generated module, as an interpreted function when asked."""
+    fn = getattr(mod, f"{name}_{which}")
+    if not interpret:
+        return fn
+    with _LOCK:
+        key = (name, which)
+        if key not in _INTERPRETED:
+            from triton.runtime.interpreter import InterpretedFunction
+            # Under TRITON_INTERPRET=1 triton.jit already returned an interpreted function.
+            _INTERPRETED[key] = fn if isinstance(fn, InterpretedFunction) else InterpretedFunction(fn.fn)
+        return _INTERPRETED[key]
+
+
+def kernel_module(expr: ir.Expr):
+    """The imported module of ``expr``'s kernels (cached in-process)."""
+    name, src = kernel_source(ir.strip_spans(expr))
+    return name, load_generated(name, src)
 
 
 # The kernels call these non-builtin helpers of triton.language; Triton's interpreter can
@@ -135,16 +155,7 @@ def _interpreted(fn, q) -> bool:
 
 def _kernel(expr: ir.Expr, which: str, interpret: bool):
     name, mod = kernel_module(expr)
-    fn = getattr(mod, f"{name}_{which}")
-    if not interpret:
-        return fn
-    with _LOCK:
-        key = (name, which)
-        if key not in _INTERPRETED:
-            from triton.runtime.interpreter import InterpretedFunction
-            # Under TRITON_INTERPRET=1 triton.jit already returned an interpreted function.
-            _INTERPRETED[key] = fn if isinstance(fn, InterpretedFunction) else InterpretedFunction(fn.fn)
-        return _INTERPRETED[key]
+    return generated_kernel(name, mod, which, interpret)
 
 
 def _remember(cache: OrderedDict, key, make):
@@ -360,30 +371,12 @@ def table_kernel_module(expr: ir.Expr):
     """The imported module of a table part's kernels (cached in-process)."""
     from .render import table_kernel_source
     name, src = table_kernel_source(ir.strip_spans(expr))
-    with _LOCK:
-        mod = _MODULES.get(name)
-        if mod is None:
-            path = _materialise(name, src)
-            modname = f"_psparse_kernels_{path.stem}"
-            spec = importlib.util.spec_from_file_location(modname, str(path))
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[modname] = mod
-            spec.loader.exec_module(mod)
-            _MODULES[name] = mod
-    return name, mod
+    return name, load_generated(name, src)
 
 
 def _table_kernel(expr, which, interpret):
     name, mod = table_kernel_module(expr)
-    fn = getattr(mod, f"{name}_{which}")
-    if not interpret:
-        return fn
-    with _LOCK:
-        key = (name, which)
-        if key not in _INTERPRETED:
-            from triton.runtime.interpreter import InterpretedFunction
-            _INTERPRETED[key] = fn if isinstance(fn, InterpretedFunction) else InterpretedFunction(fn.fn)
-        return _INTERPRETED[key]
+    return generated_kernel(name, mod, which, interpret)
 
 
 def _table_common(tp, tabs, q, k, v, kv_lens, ctx):
