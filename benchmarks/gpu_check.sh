@@ -5,9 +5,10 @@
 #   1. tests/gpu: numerics of the triton backend in bf16/fp16/fp32 (limit 210 s);
 #   2. `psparse check` through the command line with compiled Triton kernels (limit 45 s);
 #   3. benchmarks/attention.py --gpu --quick: TFLOP/s against FlexAttention and SDPA at 16K
-#      tokens, and the time to first result (limit 240 s).
+#      tokens, and the time to first result (limit 220 s);
+#   4. benchmarks/decode.py --quick on CUDA with the compiled decode kernel (limit 60 s).
 # Logs go to $OUT (the device tool's folder that comes back; ./gpu_out elsewhere):
-# environment.txt, gpu_tests.log, check.log, benchmark.log, summary.txt.
+# environment.txt, gpu_tests.log, check.log, benchmark.log, decode.log, summary.txt.
 #
 # The device image has torch, triton, jinja2, numpy and pytest but not lark, which psparse's
 # parser needs: carry it as a wheel.  Once, in the repo root of the session's checkout:
@@ -67,7 +68,9 @@ step "gpu numerics tests" 210 gpu_tests.log \
 step "psparse check (triton)" 45 check.log \
     "$PY" -m patterndsl check "causal & (sink(4) | local(1024))" -n 4096 --backend triton \
     --dtype bf16 --heads 4 --kv-heads 2 --head-dim 128 || status=1
-step "benchmark --gpu --quick" 240 benchmark.log \
+step "benchmark --gpu --quick" 220 benchmark.log \
     "$PY" benchmarks/attention.py --gpu --quick --no-write || status=1
+step "decode --quick (triton)" 60 decode.log \
+    "$PY" benchmarks/decode.py --quick --device cuda --backend triton || status=1
 echo "total: $(( $(date +%s) - start ))s, status $status" | tee -a "$OUT/summary.txt"
 exit "$status"
