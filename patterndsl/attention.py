@@ -66,9 +66,8 @@ def compile(spec, *, head_dim: int | None = None, dtype: torch.dtype | None = No
     closed-form runs) plus one table part per term, each one launch over every batch element
     and query head, reading per-call tables built on the device
     (:mod:`patterndsl.dynamic.split`, :mod:`patterndsl.dynamic.tables`), per document
-    layout for lines with ``document`` (torch backend; the generated table kernels read no
-    document ids yet, so there such lines are planned per head); other lines are planned
-    per (batch element, query head).  ``dynamic=False``
+    layout for lines with ``document``; other lines are planned per (batch element, query
+    head).  ``dynamic=False``
     refuses such specs, for callers that must never plan per call.
     ``num_layers`` is what a ``pyramid`` budget over those terms needs beside ``layer=``."""
     return CompiledPattern(spec, head_dim=head_dim, dtype=dtype, backend=backend,
@@ -423,8 +422,6 @@ class CompiledPattern:
         selections = None
         for expr, heads in self._head_groups(Hq, layer):
             sp = self._split(expr) if expr.is_dynamic else None
-            if sp is not None and expr.needs_doc_ids and self._backend_name(q) != "torch":
-                sp = None       # the generated table kernels read no document ids yet
             if expr.is_dynamic and selections is None:
                 selections = self.selection(q, k, scale=scale, q_offset=q_offset, layer=layer)
             if expr.is_dynamic and sp is None:

@@ -390,13 +390,24 @@ def _table_common(tp, tabs, q, k, v, kv_lens, ctx):
     params, table = bind_dynamic(tp.kernel_predicate, ctx, tabs)
     prm = torch.tensor(params or [0], dtype=torch.int32, device=dev)
     kvl = kv_lens.to(device=dev, dtype=torch.int32) if kv_lens is not None else prm
-    args = (prm, table.to(dev), tabs.dyn, tabs.blk, kvl, tp.list, tp.lo, tp.hi)
+    # Document ids as the static kernels read them; a dummy pointer when the part's
+    # predicate has no `document` (the template then emits no read).
+    doc, doc_strides = prm, (0, 0)
+    if tp.kernel_predicate.needs_doc_ids:
+        ids = getattr(ctx, "doc_ids", None)
+        if ids is None:
+            raise PsparseUsageError("this pattern uses `document`: pass doc_ids")
+        if ids.dim() not in (1, 2) or ids.shape[-1] < Nk or (ids.dim() == 2 and ids.shape[0] not in (1, B)):
+            raise PsparseUsageError(f"doc_ids must have shape [n] or [batch, n] (n = {Nk})")
+        doc = ids.to(dev)
+        doc_strides = (doc.stride(0) if doc.dim() == 2 and doc.shape[0] > 1 else 0, doc.stride(-1))
+    args = (prm, table.to(dev), tabs.dyn, tabs.blk, kvl, tp.list, tp.lo, tp.hi, doc)
     geometry = (tabs.dyn.stride(0), tabs.blk.stride(0), tp.list.stride(0), tp.num_tiles,
                 G, G // Gk, D, Dv, tabs.q_offset, Nq, Nk, max(tp.bsize, 1), tp.sub_tiles,
                 tp.first_block, -(-tp.bsize // tp.block_n) if tp.mode == 2 else 1)
     consts = dict(MODE=tp.mode, BLOCK_M=tp.block_m, BLOCK_N=tp.block_n, BLOCK_D=_pow2(D),
                   BLOCK_DV=_pow2(Dv), HAS_KV_LENS=kv_lens is not None)
-    return args, geometry, consts
+    return args, doc_strides, geometry, consts
 
 
 def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, interpret=False):
@@ -411,10 +422,10 @@ def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, inte
         return out, lse
     fn = _table_kernel(tp.kernel_predicate, "tfwd", interpret)
     interpret = _interpreted(fn, q)
-    args, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
+    args, doc_strides, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
     _launch(fn, grid, interpret, (
         q, k, v, out, lse, *args,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *doc_strides,
         *geometry, float(scale) * 1.4426950408889634,
     ), dict(**consts, **_prec(q, interpret)))
     return out, lse
@@ -440,11 +451,11 @@ def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=Non
     do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
     fn = _table_kernel(tp.kernel_predicate, "tbwd", interpret)
     interpret = _interpreted(fn, q)
-    args, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
+    args, doc_strides, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
     _launch(fn, grid, interpret, (
         q, k, v, do, lse32, delta, dq, dk, dv, *args,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse32.stride(),
-        *dq.stride(), *dk.stride(), *dv.stride(),
+        *dq.stride(), *dk.stride(), *dv.stride(), *doc_strides,
         *geometry, float(scale) * 1.4426950408889634, float(scale),
     ), dict(**consts, **_prec(q, interpret)))
     return dq, dk, dv
