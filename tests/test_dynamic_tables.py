@@ -330,12 +330,54 @@ def test_torch_backend_decides_whole_tiles_exactly(text):
                             block_m=16, block_n=16)
         bh = torch.arange(8)
         for tp in tabs.parts:
-            qp, kp = _table_slots(tp, n - nq, nq, n)
+            qp, kp, items = _table_slots(tp, n - nq, nq, n, with_items=True)
             want = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
             want &= dyn_predicate.evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
                                            kp.clamp(min=0)[:, :, None, :], bh.view(-1, 1, 1, 1),
                                            Context(n), tabs)
-            assert torch.equal(_table_allowed(tp, tabs, Context(n), qp, kp, bh), want)
+            assert torch.equal(_table_allowed(tp, tabs, Context(n), qp, kp, bh, items), want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_slash_windows_fast_path_equals_full_evaluation(seed):
+    """The slash part's per-window evaluation (offset-only atoms read once per offset and
+    spread to the slots) equals the element predicate on every slot, on random specs,
+    sizes, tile shapes and chunks (static exclusions, earlier terms, offsets of queries)."""
+    from patterndsl.backends.torch_backend import _table_allowed, _table_chunks, _table_slots
+    import random
+    rnd = random.Random(seed)
+    extra = ["sink(%d)" % rnd.randint(1, 5), "local(%d)" % rnd.randint(0, 9),
+             "vertical(topk=%d)" % rnd.randint(1, 6), "prefix(%d)" % rnd.randint(3, 30),
+             "blocks(topk=1, block=%d)" % rnd.choice([8, 16, 24]), "local(%d, %d)" % (rnd.randint(0, 4), rnd.randint(0, 4))]
+    terms = rnd.sample(extra, rnd.randint(1, 3))
+    slash = "slash(topk=%d)" % rnd.randint(1, 9)
+    terms.insert(rnd.randint(0, len(terms)), slash)
+    body = " | ".join(terms)
+    text = rnd.choice(["causal & (%s)", "(%s)", "local(%d) & (%%s)" % rnd.randint(3, 20),
+                       "(%s) - sink(2)"]) % body
+    spec = patterndsl.parse(text)
+    sp = split(spec.canonical_ir.rules[0].expr)
+    n = rnd.randint(40, 90)
+    nq = rnd.choice([n, rnd.randint(1, n)])
+    bm, bn = rnd.choice([(16, 16), (16, 8), (8, 16), (32, 16)])
+    q, k, _ = inputs(n=n, nq=nq, seed=seed)
+    tabs = build_tables(sp, select(spec, q, k), [0, 1, 2, 3], 2, nq, n, n - nq,
+                        block_m=bm, block_n=bn)
+    bh = torch.arange(8)
+    seen = 0
+    for tp in tabs.parts:
+        if tp.mode != 1:
+            continue
+        for t0, t1 in _table_chunks(tp, 8 * bm * 4, rnd.choice([1, 4096, 1 << 20])):
+            qp, kp, items = _table_slots(tp, n - nq, nq, n, t0, t1, with_items=True)
+            want = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
+            want &= dyn_predicate.evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                                           kp.clamp(min=0)[:, :, None, :], bh.view(-1, 1, 1, 1),
+                                           Context(n), tabs)
+            got = _table_allowed(tp, tabs, Context(n), qp, kp, bh, items)
+            assert torch.equal(got, want), text
+            seen += 1
+    assert seen > 0, text
 
 
 @pytest.mark.parametrize("per_batch", [False, True])

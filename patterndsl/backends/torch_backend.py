@@ -290,7 +290,7 @@ def _slot_factor(tp) -> int:
     return -(-tp.bsize // tp.block_n) * tp.block_n
 
 
-def _table_slots(tp, q_offset, nq, n, t0=0, t1=None):
+def _table_slots(tp, q_offset, nq, n, t0=0, t1=None, with_items=False):
     """For query tiles ``[t0, t1)`` of a table part, per table row the visited key
     positions: ``(qpos [T, bm], kpos [BH, T, W])`` int64 with ``-1`` for padding (rows past
     a tile's end, key slots past its list, keys outside ``[0, n)`` and outside a block's
@@ -308,23 +308,27 @@ def _table_slots(tp, q_offset, nq, n, t0=0, t1=None):
     width = int(cnt.max()) if cnt.numel() else 0
     lst = tp.list.long()
     if width == 0:
-        return qpos, torch.full((BH, T, 0), -1, dtype=torch.int64, device=dev)
+        none = torch.full((BH, T, 0), -1, dtype=torch.int64, device=dev)
+        return (qpos, none, none) if with_items else (qpos, none)
     j = torch.arange(width, device=dev)
     take = j.view(1, 1, -1) < cnt.unsqueeze(-1)                        # [BH, T, width]
     at = (lo.unsqueeze(-1) + j).clamp(max=max(lst.shape[1] - 1, 0))
     items = torch.gather(lst, 1, at.view(BH, -1)).view(BH, T, width)
     if tp.mode == 0:
-        return qpos, torch.where(take, items, -1)
+        kpos = torch.where(take, items, -1)
+        return (qpos, kpos, items) if with_items else (qpos, kpos)
     if tp.mode == 1:
         ar_n = torch.arange(tp.block_n, device=dev)
         start = first.view(1, -1, 1) + tp.block_m - (items + 1) * tp.block_n
         kpos = start.unsqueeze(-1) + ar_n                              # [BH, T, width, bn]
         ok = take.unsqueeze(-1) & (kpos >= 0) & (kpos < n)
-        return qpos, torch.where(ok, kpos, -1).view(BH, T, -1)
+        kpos = torch.where(ok, kpos, -1).view(BH, T, -1)
+        return (qpos, kpos, items) if with_items else (qpos, kpos)
     ar = torch.arange(_slot_factor(tp), device=dev)
     kpos = items.unsqueeze(-1) * tp.bsize + ar                         # [BH, T, width, nwb*bn]
     ok = take.unsqueeze(-1) & (ar < tp.bsize) & (kpos < n)
-    return qpos, torch.where(ok, kpos, -1).view(BH, T, -1)
+    kpos = torch.where(ok, kpos, -1).view(BH, T, -1)
+    return (qpos, kpos, items) if with_items else (qpos, kpos)
 
 
 def _table_chunks(tp, per_slot: int, budget: int):
@@ -345,7 +349,30 @@ def _table_chunks(tp, per_slot: int, budget: int):
         yield t0, len(widths)
 
 
-def _table_allowed(tp, tabs, ctx, qp, kp, bh):
+def _window_predicate(tp, tabs, ctx, qp, kc, bh, items):
+    """Mode 1's element predicate ``[BH, T', bm, W]`` on the slots of windows ``items``
+    ``[BH, T', width]``.  Slot ``(i, j)`` of window ``w`` has the offset
+    ``q - k = w * bn - bm + 1 + (i - j + bn - 1)`` whatever the tile, so the parts of the
+    predicate that depend on the offset alone (the slash bits, causal, a local band) are
+    read once per window and offset ``[BH, T', width, bm + bn - 1]`` and spread to the
+    slots by one constant index; the rest is evaluated per element."""
+    from ..dynamic.predicate import evaluate_windows
+    bm, bn = tp.block_m, tp.block_n
+    BH, T, width = items.shape
+    dev = items.device
+    span = torch.arange(bm + bn - 1, device=dev)
+    d = items.clamp(min=0).unsqueeze(-1) * bn + (1 - bm) + span       # [BH, T', width, L]
+    ar_m, ar_n = torch.arange(bm, device=dev), torch.arange(bn, device=dev)
+    idx = ar_m.view(-1, 1) - ar_n.view(1, -1) + (bn - 1)               # [bm, bn]
+
+    def expand(x):
+        x = x.expand(BH, T, width, x.shape[-1])[..., idx]              # [BH, T', width, bm, bn]
+        return x.permute(0, 1, 3, 2, 4).reshape(BH, T, bm, width * bn)
+    return evaluate_windows(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                            kc[:, :, None, :], bh.view(-1, 1, 1, 1), ctx, tabs, d, expand)
+
+
+def _table_allowed(tp, tabs, ctx, qp, kp, bh, items=None):
     """bool ``[BH, T', bm, W]``: the part's pairs among a chunk's slots.  Most slots are
     decided for a whole tile (inside a band, on a chosen column, outside a sink, ...):
     the element predicate runs only on the undecided ones, gathered."""
@@ -356,8 +383,10 @@ def _table_allowed(tp, tabs, ctx, qp, kp, bh):
         # Diagonal windows: a tile's rows cross every offset of a window, so nearly every
         # slot is undecided; one broadcast evaluation is cheaper than bounds plus a gather.
         allowed = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
-        return allowed & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
-                                  kc[:, :, None, :], bh.view(-1, 1, 1, 1), ctx, tabs)
+        if items is None:
+            return allowed & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                                      kc[:, :, None, :], bh.view(-1, 1, 1, 1), ctx, tabs)
+        return allowed & _window_predicate(tp, tabs, ctx, qp, kc, bh, items)
     qlo = qp[:, :1].clamp(min=0).view(1, T, 1)
     qhi = qp.amax(1).clamp(min=0).view(1, T, 1)
     bhs = bh.view(-1, 1, 1)
@@ -403,18 +432,20 @@ class _TableWalk:
         self.per_slot = max(1, self.BH * tp.block_m * 4 * factor)
 
     def chunks(self):
-        """``(qpos [T', bm], kpos [BH, T', W])`` per chunk of query tiles (none empty)."""
+        """``(qpos [T', bm], kpos [BH, T', W], items [BH, T', width])`` per chunk of query
+        tiles (none empty)."""
         for t0, t1 in _table_chunks(self.tp, self.per_slot, self.budget):
-            qpos, kpos = _table_slots(self.tp, self.q_offset, self.Nq, self.Nk, t0, t1)
+            qpos, kpos, items = _table_slots(self.tp, self.q_offset, self.Nq, self.Nk, t0, t1,
+                                             with_items=True)
             if kpos.shape[2]:
-                yield qpos, kpos
+                yield qpos, kpos, items
 
-    def gather(self, qp, kp, qf, kf):
+    def gather(self, qp, kp, items, qf, kf):
         """(rows [T', bm] (clamped), keys [BH, T', W] (clamped), allowed [BH, T', bm, W],
         q tile [BH, T', bm, D], k tile [BH, T', W, D])."""
         rows = (qp - self.q_offset).clamp(min=0)
         kc = kp.clamp(min=0)
-        allowed = _table_allowed(self.tp, self.tabs, self.ctx, qp, kp, self.bh)
+        allowed = _table_allowed(self.tp, self.tabs, self.ctx, qp, kp, self.bh, items)
         if self.kv_lens is not None:
             allowed = allowed & (kp < self.kv_lens.view(-1, 1, 1))[:, :, None, :]
         qc = qf[self.bh.view(-1, 1, 1), rows.unsqueeze(0)]                # [BH, T', bm, D]
@@ -433,8 +464,8 @@ def forward_table_part(tp, tabs, q, k, v, *, scale, kv_lens=None, ctx=None, chun
     vf = v.to(torch.float32).reshape(B * w.Gk, w.Nk, Dv)
     out = torch.zeros((w.BH, Nq + 1, Dv), dtype=torch.float32, device=w.dev)
     lse = torch.full((w.BH, Nq + 1), _NEG_INF, dtype=torch.float32, device=w.dev)
-    for qp, kp in w.chunks():
-        rows, kc, allowed, qc, kt = w.gather(qp, kp, qf, kf)
+    for qp, kp, items in w.chunks():
+        rows, kc, allowed, qc, kt = w.gather(qp, kp, items, qf, kf)
         s = torch.matmul(qc, kt.transpose(-1, -2)).masked_fill_(~allowed, _NEG_INF)
         m = s.amax(-1)
         m_safe = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
@@ -472,8 +503,8 @@ def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=Non
     dk = torch.zeros((B * w.Gk * Nk, D), dtype=torch.float32, device=w.dev)
     dv = torch.zeros((B * w.Gk * Nk, Dv), dtype=torch.float32, device=w.dev)
     bhv = w.bh.view(-1, 1, 1)
-    for qp, kp in w.chunks():
-        rows, kc, allowed, qc, kt = w.gather(qp, kp, qf, kf)
+    for qp, kp, items in w.chunks():
+        rows, kc, allowed, qc, kt = w.gather(qp, kp, items, qf, kf)
         s = torch.matmul(qc, kt.transpose(-1, -2))
         p = torch.exp(s - lse_eff[bhv, rows.unsqueeze(0)].unsqueeze(-1)).masked_fill_(~allowed, 0.0)
         do = dof[bhv, rows.unsqueeze(0)]                                  # [BH, T', bm, Dv]
@@ -501,10 +532,13 @@ def count_table_part(tp, tabs, ctx, chunk_bytes=None):
     budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     bh = torch.arange(BH, device=tp.lo.device).view(-1, 1, 1, 1)
     for t0, t1 in _table_chunks(tp, max(1, BH * tp.block_m * 8), budget):
-        qp, kp = _table_slots(tp, tabs.q_offset, tabs.nq, tabs.n, t0, t1)
+        qp, kp, items = _table_slots(tp, tabs.q_offset, tabs.nq, tabs.n, t0, t1, with_items=True)
         ok = (qp >= 0)[None, :, :, None] & (kp >= 0)[:, :, None, :]
-        ok = ok & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
-                           kp.clamp(min=0)[:, :, None, :], bh, ctx, tabs)
+        if tp.mode == 1:
+            ok = ok & _window_predicate(tp, tabs, ctx, qp, kp.clamp(min=0), bh, items)
+        else:
+            ok = ok & evaluate(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
+                               kp.clamp(min=0)[:, :, None, :], bh, ctx, tabs)
         total += ok.sum()
     return total
 

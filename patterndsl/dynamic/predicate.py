@@ -136,3 +136,68 @@ def _bounds(e, qlo, qhi, k, bh, ctx, tabs):
         s = evaluate(e, qlo, k, bh, ctx, tabs)
         return s & one, ~s & one
     return False, False
+
+
+# Nodes whose value depends on the offset q - k alone (static ones evaluated through the
+# shared runtime, which only ever compares q against k here).
+_OFFSET_STATIC = (ir.All, ir.Nothing, ir.Causal, ir.Local)
+
+
+def offset_only(e: ir.Expr) -> bool:
+    """Whether ``e`` is a function of ``q - k`` alone (so constant along a diagonal)."""
+    if isinstance(e, (ir.Union, ir.Intersect)):
+        return all(offset_only(t) for t in e.terms)
+    if isinstance(e, ir.Difference):
+        return offset_only(e.left) and offset_only(e.right)
+    return isinstance(e, _OFFSET_STATIC + (ir.TopSlash,))
+
+
+def _eval_offsets(e, d, bh, ctx, tabs):
+    """An :func:`offset_only` ``e`` at offsets ``d`` (int64, any sign)."""
+    if isinstance(e, ir.Union):
+        out = _eval_offsets(e.terms[0], d, bh, ctx, tabs)
+        for t in e.terms[1:]:
+            out = out | _eval_offsets(t, d, bh, ctx, tabs)
+        return out
+    if isinstance(e, ir.Intersect):
+        out = _eval_offsets(e.terms[0], d, bh, ctx, tabs)
+        for t in e.terms[1:]:
+            out = out & _eval_offsets(t, d, bh, ctx, tabs)
+        return out
+    if isinstance(e, ir.Difference):
+        return _eval_offsets(e.left, d, bh, ctx, tabs) & ~_eval_offsets(e.right, d, bh, ctx, tabs)
+    if isinstance(e, ir.TopSlash):
+        n = tabs.n
+        flat = tabs.dyn.reshape(-1)
+        row = bh * tabs.dyn.shape[1] + tabs.layout[e]
+        ok = (d >= 0) & (d < n)
+        return ok & (torch.take(flat, row + d.clamp(min=0, max=max(n - 1, 0))) != 0)
+    # shift to non-negative positions: only q - k matters to these nodes
+    base = (-d).clamp(min=0)
+    return evaluate_static(e, d + base, base, ctx)
+
+
+def evaluate_windows(e: ir.Expr, q: torch.Tensor, k: torch.Tensor, bh: torch.Tensor, ctx, tabs,
+                     d: torch.Tensor, expand) -> torch.Tensor:
+    """:func:`evaluate` on diagonal windows: the :func:`offset_only` subtrees of ``e`` are
+    evaluated once per offset in ``d`` (shaped ``[..., windows, bm + bn - 1]``) and spread
+    to the slots by ``expand`` (a constant index), the rest per element as usual.  Equal to
+    :func:`evaluate` wherever ``q - k`` is the offset ``expand`` maps the slot to."""
+    if offset_only(e):
+        return expand(_eval_offsets(e, d, bh.view(-1, *([1] * (d.dim() - 1))), ctx, tabs))
+    if not e.is_dynamic:
+        return evaluate_static(e, q, k, ctx)
+    if isinstance(e, ir.Union):
+        out = evaluate_windows(e.terms[0], q, k, bh, ctx, tabs, d, expand)
+        for t in e.terms[1:]:
+            out = out | evaluate_windows(t, q, k, bh, ctx, tabs, d, expand)
+        return out
+    if isinstance(e, ir.Intersect):
+        out = evaluate_windows(e.terms[0], q, k, bh, ctx, tabs, d, expand)
+        for t in e.terms[1:]:
+            out = out & evaluate_windows(t, q, k, bh, ctx, tabs, d, expand)
+        return out
+    if isinstance(e, ir.Difference):
+        return (evaluate_windows(e.left, q, k, bh, ctx, tabs, d, expand) &
+                ~evaluate_windows(e.right, q, k, bh, ctx, tabs, d, expand))
+    return evaluate(e, q, k, bh, ctx, tabs)
