@@ -360,14 +360,14 @@ def _window_predicate(tp, tabs, ctx, qp, kc, bh, items):
     bm, bn = tp.block_m, tp.block_n
     BH, T, width = items.shape
     dev = items.device
-    span = torch.arange(bm + bn - 1, device=dev)
+    # offsets in decreasing order: entry r is i - j + bn - 1 = L - 1 - r, so the slots of
+    # row i are the bn consecutive entries from bm - 1 - i (an unfold, then one flip)
+    span = torch.arange(bm + bn - 2, -1, -1, device=dev)
     d = items.clamp(min=0).unsqueeze(-1) * bn + (1 - bm) + span       # [BH, T', width, L]
-    ar_m, ar_n = torch.arange(bm, device=dev), torch.arange(bn, device=dev)
-    idx = ar_m.view(-1, 1) - ar_n.view(1, -1) + (bn - 1)               # [bm, bn]
 
     def expand(x):
-        x = x.expand(BH, T, width, x.shape[-1])[..., idx]              # [BH, T', width, bm, bn]
-        return x.permute(0, 1, 3, 2, 4).reshape(BH, T, bm, width * bn)
+        x = x.expand(BH, T, width, x.shape[-1]).unfold(-1, bn, 1)      # [BH, T', width, bm, bn]
+        return x.permute(0, 1, 3, 2, 4).flip(2).reshape(BH, T, bm, width * bn)
     return evaluate_windows(tp.kernel_predicate, qp.clamp(min=0)[None, :, :, None],
                             kc[:, :, None, :], bh.view(-1, 1, 1, 1), ctx, tabs, d, expand)
 
