@@ -147,6 +147,18 @@ def _gather(w, qf, kf, grow, kidx, G, width):
     return qc, kc
 
 
+def _chunk_scores(w, qf, kf, tiles, ktiles, partial):
+    """The masked scores ``[B, Hkv, G, bm*g, width]`` of a chunk of query tiles, with its
+    query and key positions and the rows and keys they were gathered from."""
+    qp, grow = w.rows_of(tiles)
+    kp, kidx = w.keys_of(ktiles)
+    qc, kc = _gather(w, qf, kf, grow, kidx, tiles.numel(), kp.shape[1])
+    s = torch.matmul(qc, kc.transpose(-1, -2))
+    del qc, kc
+    w.apply_mask(s, qp, kp, partial)
+    return s, qp, kp, grow, kidx
+
+
 def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
                  chunk_bytes=None):
     """Attention restricted to ``part``: ``(out_p, lse_p)``, float32 ``[B, Hq, Nq, Dv]`` and
@@ -169,14 +181,8 @@ def forward_part(part, plan, q, k, v, *, scale, kv_lens=None, doc_ids=None,
     L = torch.zeros((B, Hkv, T, bm * g), dtype=torch.float32, device=dev)
     A = torch.zeros((B, Hkv, T, bm * g, Dv), dtype=torch.float32, device=dev)
     for tiles, ktiles, partial, fresh in w.chunks(factor=2):
-        G = tiles.numel()
-        qp, grow = w.rows_of(tiles)
-        kp, kidx = w.keys_of(ktiles)
-        width = kp.shape[1]
-        qc, kc = _gather(w, qf, kf, grow, kidx, G, width)
-        s = torch.matmul(qc, kc.transpose(-1, -2))                 # [B, Hkv, G, bm*g, width]
-        del qc, kc
-        w.apply_mask(s, qp, kp, partial)
+        s, qp, kp, grow, kidx = _chunk_scores(w, qf, kf, tiles, ktiles, partial)
+        G, width = tiles.numel(), kp.shape[1]
         m = s.amax(-1)                                             # [B, Hkv, G, bm*g]
         m_safe = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
         s.sub_(m_safe.unsqueeze(-1)).exp_()
@@ -560,14 +566,8 @@ def column_probs_part(part, plan, q, k, lse, *, scale, kv_lens=None, chunk_bytes
     lse_eff = _layout_q(lse_eff.unsqueeze(-1), Hkv).view(B, Hkv, w.Nq * g)
     cols = torch.zeros((B, Hkv, w.Nk), dtype=torch.float32, device=dev)
     for tiles, ktiles, partial, _ in w.chunks(factor=2):
-        G = tiles.numel()
-        qp, grow = w.rows_of(tiles)
-        kp, kidx = w.keys_of(ktiles)
-        width = kp.shape[1]
-        qc, kc = _gather(w, qf, kf, grow, kidx, G, width)
-        s = torch.matmul(qc, kc.transpose(-1, -2))                 # [B, Hkv, G, bm*g, width]
-        del qc, kc
-        w.apply_mask(s, qp, kp, partial)
+        s, qp, kp, grow, kidx = _chunk_scores(w, qf, kf, tiles, ktiles, partial)
+        G, width = tiles.numel(), kp.shape[1]
         lrow = lse_eff.index_select(2, grow).view(B, Hkv, G, bm, g)
         # padding query slots were clamped to row 0: they must not count
         lrow = lrow.masked_fill((qp < 0).to(dev)[None, None, :, :, None], float("inf"))

@@ -329,12 +329,7 @@ def backward_part(part, plan, q, k, v, out, lse, dout, *, scale, kv_lens=None, d
     grid = (part.q_view.num_tiles, B * Hq)
     if grid[0] == 0 or grid[1] == 0 or c["S"] == 0:
         return dq, dk, dv
-    lse32 = lse.to(torch.float32).contiguous()
-    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.to(torch.float32)
-    delta = delta.contiguous()
-    do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
+    lse32, delta, do = _backward_inputs(q, out, lse, dout, dlse)
     fn = _kernel(part.predicate, "bwd", interpret)
     interpret = _interpreted(fn, q)
     common = dict(BLOCK_M=part.q_view.block, BLOCK_N=part.k_view.block, BLOCK_D=_pow2(D),
@@ -377,6 +372,18 @@ def table_kernel_module(expr: ir.Expr):
 def _table_kernel(expr, which, interpret):
     name, mod = table_kernel_module(expr)
     return generated_kernel(name, mod, which, interpret)
+
+
+def _backward_inputs(q, out, lse, dout, dlse):
+    """What every backward kernel reads besides q, k, v: the float32 row log-sum-exp, the
+    row terms ``delta = rowsum(dO * O) - dLSE`` and dO in the inputs' dtype."""
+    import torch
+    lse32 = lse.to(torch.float32).contiguous()
+    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(torch.float32)
+    do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
+    return lse32, delta.contiguous(), do
 
 
 def _table_common(tp, tabs, q, k, v, kv_lens, ctx):
@@ -443,12 +450,7 @@ def backward_table_part(tp, tabs, q, k, v, out, lse, dout, *, scale, kv_lens=Non
     grid = (tp.num_tiles, B * G)
     if grid[0] == 0 or grid[1] == 0:
         return dq, dk, dv
-    lse32 = lse.to(torch.float32).contiguous()
-    delta = (dout.to(torch.float32) * out.to(torch.float32)).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.to(torch.float32)
-    delta = delta.contiguous()
-    do = dout if dout.dtype == q.dtype else dout.to(q.dtype)
+    lse32, delta, do = _backward_inputs(q, out, lse, dout, dlse)
     fn = _table_kernel(tp.kernel_predicate, "tbwd", interpret)
     interpret = _interpreted(fn, q)
     args, doc_strides, geometry, consts = _table_common(tp, tabs, q, k, v, kv_lens, ctx)
