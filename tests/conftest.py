@@ -22,3 +22,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def small_dynamic_chunks(monkeypatch):
+    """Small key chunks and block tiles in the dynamic-term estimator, so tests walk many of
+    them at test sizes."""
+    from patterndsl.dynamic import estimate
+    monkeypatch.setattr(estimate, "KEY_CHUNK", 16)
+    monkeypatch.setattr(estimate, "BLOCK_TILE_SCORES", 64)

@@ -21,33 +21,18 @@ import torch
 
 import patterndsl
 from patterndsl import ir
-from patterndsl.dynamic import estimate, select, substitute
+from patterndsl.dynamic import select, substitute
 from patterndsl.errors import PsparseUsageError
 from patterndsl.reference import expr_mask
+
+from dense_attention import dense, inputs, rel
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    # Small key chunks and block tiles, so the tests walk many of them at test sizes.
-    monkeypatch.setattr(estimate, "KEY_CHUNK", 16)
-    monkeypatch.setattr(estimate, "BLOCK_TILE_SCORES", 64)
+pytestmark = pytest.mark.usefixtures("small_dynamic_chunks")
 
-
-def inputs(B=2, Hq=4, Hkv=2, n=80, nq=None, D=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    nq = n if nq is None else nq
-    q = torch.randn(B, Hq, nq, D, generator=g) * 1.5
-    k = torch.randn(B, Hkv, n, D, generator=g) * 1.5
-    v = torch.randn(B, Hkv, n, D, generator=g)
-    return q, k, v
-
-
-# ---------------------------------------------------------------------------
-# Brute force from LANGUAGE.md (float64, dense, Python ranking)
-# ---------------------------------------------------------------------------
 
 def brute_attention(q, k, last, offset, scale):
     """``A [B, Hq, L, n]`` float64 and the positions of its rows."""
@@ -285,18 +270,6 @@ def test_estimation_memory_is_linear():
 # Compiled attention with dynamic=True, against dense attention under the reference mask
 # ---------------------------------------------------------------------------
 
-def dense(q, k, v, mask, scale):
-    g = q.shape[1] // k.shape[1]
-    kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = (scale * q @ kk.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
-    return torch.softmax(s, -1).nan_to_num(0.0) @ vv
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
-
 @pytest.mark.parametrize("text", [
     "causal & (vertical(topk=4) | slash(topk=3))",
     "causal & (sink(2) | local(8) | vertical(topk=8) | slash(topk=4))",
@@ -311,7 +284,7 @@ def test_attention_matches_dense(text):
     out, lse = attn(q, k, v, return_lse=True)
     mask = attn.mask(n, q=q.detach(), k=k.detach(), layer=0)
     qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref = dense(qd, kd, vd, mask, D ** -0.5)
+    ref, _ = dense(qd, kd, vd, mask, D ** -0.5)
     grad = torch.randn_like(out)
     out.backward(grad)
     ref.backward(grad.double())
@@ -329,7 +302,7 @@ def test_attention_mixed_static_and_dynamic_heads():
     q, k, v = inputs(n=40, D=16, seed=8)
     out = attn(q, k, v)
     mask = attn.mask(40, q=q, k=k)
-    assert rel(out, dense(q.double(), k.double(), v.double(), mask, 0.25)) < TOL
+    assert rel(out, dense(q.double(), k.double(), v.double(), mask, 0.25)[0]) < TOL
 
 
 def test_dynamic_can_be_refused():

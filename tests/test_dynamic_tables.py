@@ -15,45 +15,19 @@ import torch
 
 import patterndsl
 from patterndsl import ir
-from patterndsl.dynamic import estimate, select
+from patterndsl.dynamic import select
 from patterndsl.dynamic.split import split
 from patterndsl.dynamic.tables import build_tables
 from patterndsl.dynamic import predicate as dyn_predicate
 from patterndsl.plan.context import Context
 
+from dense_attention import assert_matches_dense, count_calls, dense, inputs, rel
+
 TOL = 1e-5
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    monkeypatch.setattr(estimate, "KEY_CHUNK", 16)
-    monkeypatch.setattr(estimate, "BLOCK_TILE_SCORES", 64)
-
-
-def inputs(B=2, Hq=4, Hkv=2, n=80, nq=None, D=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    nq = n if nq is None else nq
-    q = torch.randn(B, Hq, nq, D, generator=g) * 1.5
-    k = torch.randn(B, Hkv, n, D, generator=g) * 1.5
-    v = torch.randn(B, Hkv, n, D, generator=g)
-    return q, k, v
-
-
-def dense(q, k, v, mask, scale, kv_lens=None):
-    g = q.shape[1] // k.shape[1]
-    kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    if kv_lens is not None:
-        keep = torch.arange(k.shape[2]).view(1, -1) < kv_lens.view(-1, 1)
-        mask = mask & keep[:, None, None, :]
-    s = (scale * q @ kk.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    return torch.softmax(s, -1).nan_to_num(0.0) @ vv, lse
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+pytestmark = pytest.mark.usefixtures("small_dynamic_chunks")
 
 
 def check(attn, n, nq, *, B=2, Hq=4, Hkv=2, D=16, seed=7, kv_lens=None, q_offset=None,
@@ -64,17 +38,7 @@ def check(attn, n, nq, *, B=2, Hq=4, Hkv=2, D=16, seed=7, kv_lens=None, q_offset
     sc = D ** -0.5 if scale is None else scale
     mask = attn.mask(n, q=q.detach(), k=k.detach(), layer=layer, q_offset=q_offset, scale=sc,
                      num_layers=attn.num_layers)
-    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref, ref_lse = dense(qd, kd, vd, mask, sc, kv_lens)
-    grad = torch.randn_like(out)
-    (out * grad).sum().backward()
-    (ref * grad.double()).sum().backward()
-    assert rel(out, ref) < TOL
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isfinite(lse), finite)
-    assert float((lse.detach()[finite].double() - ref_lse.detach()[finite]).abs().max()) < TOL * 10
-    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
-        assert rel(got, want) < TOL
+    assert_matches_dense(out, lse, (q, k, v), mask, sc, TOL, kv_lens)
     return mask
 
 
@@ -192,17 +156,8 @@ def test_non_monotone_lines_keep_substitution():
 def _count(monkeypatch):
     from patterndsl import plan as plan_pkg
     from patterndsl.backends import torch_backend
-    calls = {"plans": 0, "static": 0, "table": 0}
-    for mod, name, key in ((torch_backend, "forward_part", "static"),
-                           (torch_backend, "forward_table_part", "table"),
-                           (plan_pkg, "build_plan", "plans")):
-        real = getattr(mod, name)
-
-        def wrapped(*a, _real=real, _key=key, **kw):
-            calls[_key] += 1
-            return _real(*a, **kw)
-        monkeypatch.setattr(mod, name, wrapped)
-    return calls
+    return count_calls(monkeypatch, static=(torch_backend, "forward_part"),
+                       table=(torch_backend, "forward_table_part"), plans=(plan_pkg, "build_plan"))
 
 
 def test_one_launch_per_part(monkeypatch):
@@ -396,14 +351,7 @@ def test_document_lines_take_the_table_path(monkeypatch, per_batch):
     assert calls["table"] == 3 * layouts and calls["plans"] == layouts
     mask = attn.mask(n, q=q.detach(), k=k.detach(), doc_ids=doc)
     mask = mask if mask.dim() == 4 else mask.expand(2, *mask.shape[-3:])
-    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref, ref_lse = dense(qd, kd, vd, mask, 16 ** -0.5)
-    grad = torch.randn_like(out)
-    (out * grad).sum().backward()
-    (ref * grad.double()).sum().backward()
-    assert rel(out, ref) < TOL
-    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
-        assert rel(got, want) < TOL
+    assert_matches_dense(out, lse, (q, k, v), mask, 16 ** -0.5, TOL)
     assert attn.work(q.detach(), k.detach(), doc_ids=doc).allowed_pairs == int(mask.sum())
 
 
