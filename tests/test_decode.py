@@ -12,6 +12,8 @@ from patterndsl.retention.attend import attend, head_groups
 from patterndsl.retention.cache import KVCache
 from patterndsl.spec import parse
 
+from decoding import decode_steps
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -139,15 +141,10 @@ def test_causal_examples_decode_2000_steps_losslessly(text):
     full = spec.mask(total)
     for m in (prompt, prompt + 17):
         assert torch.equal(spec.mask(m), full[:m, :m])
-    cache.update(0, k_all[:, :, :prompt], v_all[:, :, :prompt])
     kd, vd, qd = k_all[0, 0].double(), v_all[0, 0].double(), qs[0].double()
     worst = 0.0
-    for n in range(prompt, total + 1):
-        if n > prompt:
-            cache.update(0, k_all[:, :, n - 1: n], v_all[:, :, n - 1: n])
-        if bound is not None:
-            assert max(cache.held(0)) <= bound
-        got = cache.decode(0, qs[:, :, n - 1: n])[0, :, 0].double()
+    for n, out in decode_steps(cache, k_all, v_all, qs, prompt, bound):
+        got = out[0, :, 0].double()
         row = full[n - 1, :n]
         logits = (qd[:, n - 1] @ kd[:n].T) * d ** -0.5
         p = torch.softmax(logits.masked_fill(~row, float("-inf")), dim=-1)
@@ -165,12 +162,7 @@ def test_interpreter_decodes_64_steps_losslessly():
     total = prompt + steps
     k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
     qs = torch.randn(1, 2, total, d)
-    cache.update(0, k_all[:, :, :prompt], v_all[:, :, :prompt])
-    for n in range(prompt, total + 1):
-        if n > prompt:
-            cache.update(0, k_all[:, :, n - 1: n], v_all[:, :, n - 1: n])
-        assert max(cache.held(0)) <= 29
-        got = cache.decode(0, qs[:, :, n - 1: n])
+    for n, got in decode_steps(cache, k_all, v_all, qs, prompt, bound=29):
         full_pos = torch.arange(n)[None, None]
         want, _ = dense_reference(spec, k_all[:, :, :n], v_all[:, :, :n], full_pos,
                                   qs[:, :, n - 1: n], [n])

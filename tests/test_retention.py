@@ -14,6 +14,8 @@ from patterndsl.retention.cache import KVCache
 from patterndsl.retention.policy import head_policies, position_policy
 from patterndsl.spec import parse
 
+from decoding import decode_steps
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -314,14 +316,9 @@ def test_examples_decode_losslessly_past_their_windows(text):
     total = prompt + steps
     k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
     qs = torch.randn(1, 2, total, d)
-    cache.update(0, k_all[:, :, :prompt], v_all[:, :, :prompt])
-    for n in range(prompt, total + 1):
-        if n > prompt:
-            cache.update(0, k_all[:, :, n - 1: n], v_all[:, :, n - 1: n])
-        if bound is not None:
-            assert max(cache.held(0)) <= bound
+    for n, out in decode_steps(cache, k_all, v_all, qs, prompt, bound):
         q = qs[:, :, n - 1: n]
-        got = cache.decode(0, q)[:, :, 0].double()
+        got = out[:, :, 0].double()
         want = _dense_decode(spec, k_all, v_all, q, n, 2)
         assert ((got - want).norm() / want.norm()).item() < 1e-5, n
 
