@@ -36,3 +36,8 @@ _KEEP = LEAF_TYPES
 
 def flatten(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
     return bottom_up(e, _flatten_node, memo, _KEEP)
+
+
+#: The node-level rule and what it never rewrites, for drivers that walk the tree.
+RULE = _flatten_node
+KEEP = _KEEP

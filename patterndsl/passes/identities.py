@@ -132,3 +132,8 @@ _KEEP = frozenset({ir.All, ir.Nothing, ir.Causal, ir.Document, ir.Local, ir.TopV
 
 def simplify_identities(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
     return bottom_up(e, _identities_node, memo, _KEEP)
+
+
+#: The node-level rule and what it never rewrites, for drivers that walk the tree.
+RULE = _identities_node
+KEEP = _KEEP

@@ -227,3 +227,8 @@ _KEEP = LEAF_TYPES - {ir.Rows, ir.Cols, ir.Global, ir.Slash}
 
 def merge(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
     return bottom_up(e, _merge_node, memo, _KEEP)
+
+
+#: The node-level rule and what it never rewrites, for drivers that walk the tree.
+RULE = _merge_node
+KEEP = _KEEP

@@ -46,3 +46,8 @@ def sort_terms(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
     # the keys depend on the operands alone), so the next round's sort of this round's
     # output is already known.
     return bottom_up(e, _sort_node, memo, _KEEP, idempotent=True)
+
+
+#: The node-level rule and what it never rewrites, for drivers that walk the tree.
+RULE = _sort_node
+KEEP = _KEEP

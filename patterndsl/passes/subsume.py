@@ -469,3 +469,8 @@ _KEEP = LEAF_TYPES - {ir.Rows, ir.Cols, ir.Global, ir.Slash}
 
 def subsume(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
     return bottom_up(e, _subsume_node, memo, _KEEP)
+
+
+#: The node-level rule and what it never rewrites, for drivers that walk the tree.
+RULE = _subsume_node
+KEEP = _KEEP
