@@ -206,6 +206,61 @@ def test_no_traceback_in_a_real_process():
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+def stdin_main(capsys, monkeypatch, data: bytes, *args):
+    """cli.main reading ``data`` as its standard input (bytes, as a pipe delivers them)."""
+    import io
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    return main(capsys, *args)
+
+
+PIECES = [b"local(", b"2", b")", b"|", b"&", b"-", b"[", b"]", b":", b",", b"=", b"#", b";",
+          b"\n", b" ", b"causal", b"heads", b"layers", b"let", b"kv", b"budget", b"pattern",
+          b"random(", b"blockwise(", b"seed=", b"1_0", b"0.5", b"\xff", b"\xc3\xa9", b"\x00",
+          b"\r", b"\t", b"sink(", b"topk=", b"vertical(", b"slash(", b"document", b"true",
+          b"-1", b"(", b"9" * 30, b"\xef\xbb\xbf", b"\xe2\x80\xa8"]
+
+
+def test_random_bytes_on_stdin_never_crash(capsys, monkeypatch):
+    # `psparse dump -` fed a few hundred byte strings, random and spec-like, through every
+    # front-end stage: exit 0 or 1, and an error is one psparse message, never a traceback.
+    import random
+    rng = random.Random(2026)
+    stages = list(cli.DUMP_STAGES)
+    for i in range(300):
+        if i % 3 == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 60)))
+        else:
+            data = b"".join(rng.choice(PIECES) for _ in range(rng.randrange(0, 20)))
+        stage = stages[i % len(stages)]
+        rc, out, err = stdin_main(capsys, monkeypatch, data, "dump", "-", "--stage", stage)
+        assert rc in (0, 1), (data, stage, err)
+        assert "Traceback" not in err and "internal error" not in err, (data, err)
+        assert (rc == 0) == (err == ""), (data, err)
+        if rc == 1:
+            assert err.startswith("psparse: error: ") and out == ""
+
+
+def test_deep_nesting_and_a_megabyte_through_the_cli(capsys, monkeypatch, tmp_path):
+    deep = ("(" * 10_000 + "causal" + ")" * 10_000).encode()
+    rc, out, err = stdin_main(capsys, monkeypatch, deep, "dump", "-")
+    assert rc == 1 and out == ""
+    assert err.startswith("psparse: error: <stdin>: line 1, column 101: brackets nest too deeply")
+    assert len(err) < 1000  # the quoted line is clipped around the caret
+
+    garbage = ("causal " + "x" * 1_000_000).encode()
+    rc, out, err = stdin_main(capsys, monkeypatch, garbage, "show", "-", "-n", "4")
+    assert rc == 1 and out == "" and len(err) < 1000
+    assert err.startswith("psparse: error: <stdin>: line 1, column 8: ")
+
+    # A megabyte of one union, from a file: every term but the widest window is subsumed.
+    terms = 1_000_000 // len("local(1) | ") + 1
+    big = tmp_path / "big.psp"
+    big.write_text(" | ".join(f"local({i % 7})" for i in range(terms)) + "\n")
+    assert big.stat().st_size > 1_000_000
+    rc, out, err = main(capsys, "dump", str(big))
+    assert (rc, out, err) == (0, "local(6)\n", "")
+
+
 # ---------------------------------------------------------------------------
 # where the spec comes from
 # ---------------------------------------------------------------------------
