@@ -587,6 +587,131 @@ def iv_clip(a: Iv, lo: torch.Tensor, hi: torch.Tensor) -> Iv:
 
 
 # ---------------------------------------------------------------------------
+# Random key blocks (LANGUAGE.md, ``random``): R(i) drawn from a splitmix64 stream that
+# depends only on (seed, i) and the candidate count.  Vectorised over query blocks with
+# int64 tensors holding the bit patterns of uint64 values: addition, multiplication and xor
+# wrap alike for signed and unsigned words; right shifts and ``mod`` need the corrections
+# below.  The package and generated modules both draw with these functions.
+# ---------------------------------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MUL1 = 0xBF58476D1CE4E5B9
+_MUL2 = 0x94D049BB133111EB
+
+
+def splitmix64(x: int) -> int:
+    """One splitmix64 step on a Python int, mod 2**64 (the scalar definition)."""
+    x = (x + _GOLDEN) & MASK64
+    y = ((x ^ (x >> 30)) * _MUL1) & MASK64
+    y = ((y ^ (y >> 27)) * _MUL2) & MASK64
+    return y ^ (y >> 31)
+
+
+def signed64(u: int) -> int:
+    """The int64 whose bit pattern is the uint64 ``u``."""
+    u &= MASK64
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _lshr(x: torch.Tensor, s: int) -> torch.Tensor:
+    # torch's >> on int64 is arithmetic; clearing the sign-extended bits makes it logical.
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def splitmix64_tensor(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 on an int64 tensor of uint64 bit patterns (wrapping arithmetic)."""
+    x = x + signed64(_GOLDEN)
+    y = (x ^ _lshr(x, 30)) * signed64(_MUL1)
+    y = (y ^ _lshr(y, 27)) * signed64(_MUL2)
+    return y ^ _lshr(y, 31)
+
+
+def umod64(x: torch.Tensor, c: torch.Tensor, wrap: torch.Tensor | None = None) -> torch.Tensor:
+    """``u mod c`` for the uint64 ``u`` stored in the int64 ``x`` (``1 <= c < 2**61``);
+    ``wrap`` is ``2**64 mod c`` when the caller has it."""
+    if wrap is None:
+        # 2**64 mod c, built from 2**62 so every intermediate stays below 2**63.
+        wrap = torch.remainder(torch.remainder(torch.full_like(c, 1 << 62), c) * 4, c)
+    r = torch.remainder(x, c)  # = (u - 2**64 * [x < 0]) mod c
+    return torch.where(x < 0, torch.remainder(r + wrap, c), r)
+
+
+def _sort_rows(key: torch.Tensor) -> torch.Tensor:
+    """Rows sorted ascending.  Rows are short: an odd-even transposition network over the
+    columns beats torch's row-wise sort up to a few columns."""
+    r = key.shape[1]
+    if r > 8:
+        return torch.sort(key, dim=1).values
+    cols = list(key.unbind(1))
+    for rnd in range(r):
+        for i in range(rnd % 2, r - 1, 2):
+            a, b = cols[i], cols[i + 1]
+            cols[i], cols[i + 1] = torch.minimum(a, b), torch.maximum(a, b)
+    return torch.stack(cols, 1) if cols else key
+
+
+def random_table(count: int, block: int, seed: int, causal: bool, n: int) -> torch.Tensor:
+    """``R(i)`` for every query block ``i``: int64 ``[ceil(n/block), r]`` with
+    ``r = min(count, nb)``, each row ascending and padded with ``-1`` (causal rows that have
+    fewer than ``r`` candidates).  O(nb * r) memory, unlike a dense ``[nb, nb]`` table."""
+    nb = -(-n // block) if n > 0 else 0
+    r = min(count, nb)
+    table = torch.full((nb, r), -1, dtype=torch.int64)
+    if nb == 0 or r == 0:
+        return table
+    rows = torch.arange(nb, dtype=torch.int64)
+    cand = rows + 1 if causal else torch.full((nb,), nb, dtype=torch.int64)
+    target = torch.clamp(cand, max=r)
+    # A row wanting every candidate holds all of them whatever order the stream visits them.
+    full = target == cand
+    if bool(full.any()):
+        cols = torch.arange(r, dtype=torch.int64)
+        table[full] = torch.where(cols < cand[full].unsqueeze(1), cols, torch.full_like(cols, -1))
+    base = splitmix64_tensor(torch.tensor(signed64(splitmix64(seed & MASK64)), dtype=torch.int64) ^ rows)
+    active = torch.nonzero(~full).flatten()
+    wrap = torch.remainder(torch.remainder(torch.full_like(cand, 1 << 62), cand) * 4, cand)
+    if active.numel() and r <= 8:
+        # The usual case, r much smaller than the candidates: the stream's first r values are
+        # distinct, so they are R(i).  Only rows with a repeat among them go on below.
+        v = umod64(splitmix64_tensor(base[active].unsqueeze(1) + torch.arange(r)),
+                   cand[active].unsqueeze(1), wrap[active].unsqueeze(1))
+        dup = torch.zeros(active.shape, dtype=torch.bool)
+        for i in range(r):
+            for j in range(i + 1, r):
+                dup |= v[:, i] == v[:, j]
+        table[active[~dup]] = v[~dup]
+        active = active[dup]
+    held = torch.zeros(nb, dtype=torch.int64)
+    j = 0
+    # Draws are made a few stream positions at a time for all still-active rows, then taken
+    # one stream position after another: a row takes a draw when it does not hold it yet and
+    # still needs one (stream order, exactly as the definition).
+    width = r + 2
+    while active.numel():
+        c = cand[active].unsqueeze(1)
+        v = umod64(splitmix64_tensor(base[active].unsqueeze(1) + torch.arange(j, j + width)), c,
+                   wrap[active].unsqueeze(1))
+        got = table[active]
+        h = held[active]
+        need = target[active]
+        for col in range(width):
+            x = v[:, col]
+            new = ~(got == x.unsqueeze(1)).any(1) & (h < need)
+            idx = new.nonzero().flatten()
+            got[idx, h[idx]] = x[idx]
+            h = h + new
+        table[active] = got
+        held[active] = h
+        active = active[h < need]
+        j += width
+    # Ascending rows, padding (-1) last.
+    big = 1 << 62
+    key = _sort_rows(pick(table < 0, big, table))
+    return pick(key == big, -1, key)
+
+
+# ---------------------------------------------------------------------------
 # Groups: block / document / random / blockwise as segments of the query axis with
 # key runs each (read by the key spaces here and by the package's atom counts)
 # ---------------------------------------------------------------------------
@@ -877,11 +1002,10 @@ def tile_mask(e: Expr, q_pos: torch.Tensor, k_pos: torch.Tensor, ctx: "Context")
 
 class Context:
     """Per-(n, doc_ids) tables, built lazily and cached. Read by `evaluate`, the atom counts
-    and the per-tile key spaces.  A subclass supplies ``_make_random(count, block, seed,
-    causal, n)`` (the random-block table: psparse's vectorised one, or a generated
-    module's own)."""
+    and the per-tile key spaces.  ``_make_random(count, block, seed, causal, n)`` builds the
+    random-block table (:func:`random_table`; a subclass may supply another)."""
 
-    _make_random = None
+    _make_random = staticmethod(random_table)
 
     def __init__(self, n: int, doc_ids: torch.Tensor | None = None, *, inner: bool = False,
                  doc_runs=None):
