@@ -140,6 +140,11 @@ class Plan:
     def mask_mod(self):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` (``q_idx``: a query row of the call)."""
         expr, off, ctx = self.expr, self.q_offset, self.context
+        # FlexAttention traces mask_mod and forbids side effects: one eager evaluation fills
+        # the context's lazy caches (index sets, random tables, blockwise contexts) first.
+        if self.n > 0:
+            probe = torch.zeros((), dtype=torch.int64)
+            evaluate(expr, probe, probe, ctx)
 
         def mask_mod(b, h, q_idx, kv_idx):
             return evaluate(expr, q_idx + off, kv_idx, ctx)
