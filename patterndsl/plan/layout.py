@@ -87,6 +87,14 @@ class Layout:
         return int(((nonempty @ cols) * rows).sum())
 
 
+def tile_sizes(block_m, block_n, default_m: int, default_n: int) -> tuple[int, int]:
+    """The tiling ``layout()`` / ``to_flex_block_mask()`` are asked for: the plan's own when
+    not given, else positive integers (0 is not "the default": it is no tiling at all)."""
+    from ..args import checked_int
+    return (default_m if block_m is None else checked_int("block_m", block_m, 1),
+            default_n if block_n is None else checked_int("block_n", block_n, 1))
+
+
 def build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, bn: int) -> Layout:
     n = ctx.n
     qv, kv = IDENTITY.views(q_offset, q_offset + nq, n, bm, bn)

@@ -152,8 +152,8 @@ class Plan:
 
     def layout(self, block_m: int | None = None, block_n: int | None = None):
         """Exact empty/partial/full classes of the plain tiling (built when asked, cached)."""
-        from .layout import build_layout
-        key = (block_m or self.block_m, block_n or self.block_n)
+        from .layout import build_layout, tile_sizes
+        key = tile_sizes(block_m, block_n, self.block_m, self.block_n)
         cache = self.__dict__.setdefault("_layouts", {})
         if key not in cache:
             cache[key] = single_threaded(build_layout)(self.expr, self.context, self.nq, self.q_offset, *key)
