@@ -38,7 +38,10 @@ class _DocKey:
 
 
 def _doc(doc_ids, n: int):
-    d = torch.as_tensor(doc_ids)
+    try:
+        d = torch.as_tensor(doc_ids)
+    except (TypeError, ValueError, RuntimeError):
+        raise PsparseUsageError(f"doc_ids must be an integer tensor of shape [n], not {type(doc_ids).__name__}") from None
     if d.dim() == 2 and d.shape[0] == 1:
         d = d[0]
     if d.dim() != 1 or d.shape[0] != n:
@@ -54,12 +57,20 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
                layer: int | None = 0, head_dim: int = 128, dtype=torch.bfloat16, block_m: int | None = None,
                block_n: int | None = None, doc_ids=None) -> Plan:
     """The plan of ``spec`` (a Spec, or an ir.Expr) for one call (docs/PLAN.md)."""
+    # head/layer select a spec line; a negative or non-integer one is a caller's mistake, not
+    # "the default line" (Spec.mask rejects them the same way)
+    if head is not None:
+        head = checked_int("head", head, 0)
+    if layer is not None:
+        layer = checked_int("layer", layer, 0)
     if isinstance(spec, ir.Expr):
         expr = spec
     else:
         if spec.has_heads and head is None:
             raise PsparseUsageError("this spec has 'heads' lines: pass head=")
         rule = spec.canonical_ir.rule_for(head, layer)
+        if rule is None and layer is None and spec.has_layers:
+            raise PsparseUsageError("this spec has 'layers' lines and no line for every layer: pass layer=")
         expr = rule.expr if rule is not None else spec.pattern(head, layer)
     n = checked_int("n", n, 0)
     if n >= MAX_N:
