@@ -81,10 +81,19 @@ class Spec:
                             layer=layer, doc_ids=doc_ids, q=q, k=k, scale=scale,
                             num_layers=num_layers)
 
-    def plan(self, n: int, **options):
-        """The block plan for length ``n`` (see :mod:`patterndsl.plan`)."""
+    def plan(self, n: int, *, nq: int | None = None, q_offset: int | None = None, head: int | None = 0,
+             layer: int | None = 0, head_dim: int = 128, dtype=None, block_m: int | None = None,
+             block_n: int | None = None, doc_ids=None):
+        """The block plan for length ``n`` (docs/PLAN.md): ``nq`` query rows at ``q_offset``
+        (default ``n - nq``), the pattern of query head ``head`` in layer ``layer``, tiles
+        chosen for ``head_dim`` and ``dtype`` (``None``: ``torch.bfloat16``; the default is
+        spelled None so that importing psparse does not import torch) unless ``block_m`` /
+        ``block_n`` force them, ``doc_ids`` ``[n]`` for ``document``.  Cached per (pattern,
+        n, options)."""
         from .plan import build_plan
-        return build_plan(self, n, **options)
+        options = {} if dtype is None else {"dtype": dtype}
+        return build_plan(self, n, nq=nq, q_offset=q_offset, head=head, layer=layer, head_dim=head_dim,
+                          block_m=block_m, block_n=block_n, doc_ids=doc_ids, **options)
 
 
 def parse(text) -> Spec:
