@@ -22,6 +22,15 @@ class Span:
     end_pos: int = 0
 
 
+def _visible(text: str) -> str:
+    """``text`` with each unprintable character (a stray carriage return, a form feed, a NUL)
+    shown as one ``?``: printed raw they would move the cursor or vanish, and the caret below
+    counts one column per character."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 class PsparseError(Exception):
     """Base class for every error psparse reports about user input or use."""
 
@@ -45,10 +54,13 @@ class PsparseError(Exception):
     def source_line(self) -> str | None:
         if self.source is None or self.span is None:
             return None
-        lines = self.source.splitlines() or [""]
+        # Positions count lines by "\n" alone; str.splitlines() would also break at "\r",
+        # form feeds, U+2028 and others, and quote the wrong text under the caret.
+        lines = self.source.split("\n")
         idx = self.span.line - 1
         if 0 <= idx < len(lines):
-            return lines[idx]
+            line = lines[idx]
+            return line[:-1] if line.endswith("\r") else line
         return ""
 
     def render(self) -> str:
@@ -70,7 +82,7 @@ class PsparseError(Exception):
             shown = ("..." if lo > 0 else "") + text[lo:hi] + ("..." if hi < len(text) else "")
             pad = col - lo + (3 if lo > 0 else 0)
             width = min(width, max(1, hi - col))
-            parts.append("    " + shown.expandtabs(1))
+            parts.append("    " + _visible(shown.expandtabs(1)))
             parts.append("    " + " " * pad + "^" * width)
         if self.expected:
             parts.append(f"expected {self.expected}")

@@ -31,7 +31,10 @@ def check(text, cls, line, col, width, message, expected=None, hint=None):
     assert message in e.message, str(e)
     rendered = str(e).split("\n")
     assert rendered[0] == f"line {line}, column {col}: {e.message}"
-    source_line = (text.splitlines()[line - 1] if text.splitlines() else "").expandtabs(1)
+    # The quoted line: lines split at "\n" only (as positions count them), tabs as one space,
+    # anything unprintable (a NUL, say) as one "?".
+    source_line = text.split("\n")[line - 1].removesuffix("\r").expandtabs(1)
+    source_line = "".join(c if c.isprintable() else "?" for c in source_line)
     if len(source_line) < 100:
         assert rendered[1] == "    " + source_line
         assert rendered[2] == "    " + " " * (col - 1) + "^" * width, "\n".join(rendered)
@@ -395,3 +398,33 @@ def test_long_line_is_clipped_around_the_caret():
     assert len(rendered[1]) < 200
     caret = rendered[2].index("^")
     assert rendered[1][caret:caret + 5] == "bogus"
+
+
+@pytest.mark.parametrize("sep", ["\r", "\x0c", "\x0b", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_quoted_line_is_the_line_the_position_counts_in(sep):
+    # Positions count lines by "\n" alone, so the quoted line must too: characters that
+    # str.splitlines() would also break at stay on the line, shown as one visible column each
+    # (a raw carriage return would send the terminal's cursor back over the quote).
+    text = f"causal{sep} & locl(2)\nlocal(1)"
+    with pytest.raises(PsparseError) as info:
+        patterndsl.parse(text)
+    e = info.value
+    quoted, carets = str(e).split("\n")[1:3]
+    assert e.line == 1
+    assert quoted.startswith("    causal") and quoted.endswith("& locl(2)")
+    assert quoted.isprintable()
+    caret = carets.index("^")
+    if e.column > 7:  # the error is past the odd character: the caret still finds its text
+        assert quoted[caret:caret + 4] == "locl"
+    else:             # the odd character itself is the error
+        assert caret == len("    causal")
+
+
+def test_crlf_lines_quote_without_the_carriage_return():
+    text = "causal\r\nlocal(1) locl(2)\r\n"
+    with pytest.raises(PsparseError) as info:
+        patterndsl.parse(text)
+    quoted, carets = str(info.value).split("\n")[1:3]
+    assert info.value.line == 2
+    assert quoted == "    local(1) locl(2)"
+    assert quoted[carets.index("^"):].startswith("locl")
