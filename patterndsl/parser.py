@@ -130,8 +130,19 @@ class _Front:
                                         t.name))
         self.ignore = frozenset(conf.ignore)
         self._rules: dict = {}  # id(lark rule) -> (length, name it reduces to, tree callback, unit)
-        self.master = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})"
-                                          for t in ordered))
+        alternatives = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in ordered)
+        # Ignored text (spaces, comments) is skipped inside the same match as the token
+        # after it: a third of a spec's matches were spaces, each a trip round the loop.
+        ignored = "|".join(by_name[name].pattern.to_regexp() for name in sorted(self.ignore))
+        # Atomic, so that a comment is never cut short to let a token start inside it
+        # (Python 3.10's re has no atomic groups: a look-ahead and back-reference do the same).
+        try:
+            skip = f"(?>(?:{ignored})*)"
+            self.skip = re.compile(skip)
+        except re.error:
+            skip = f"(?:(?=(?P<_skipped>{ignored}))(?P=_skipped))*"
+            self.skip = re.compile(skip)
+        self.master = re.compile(f"{skip}(?:{alternatives})")
 
     def parse(self, text: str):
         """The tree of ``text``.  Tokens are read and fed to lark's LALR tables in one loop:
@@ -177,6 +188,7 @@ class _Front:
         rule_info = self._rule_info
 
         match = self.master.match
+        skip = self.skip.match
         keywords = self.keywords
         ignore = self.ignore
         new_str = str.__new__
@@ -189,9 +201,12 @@ class _Front:
             while pos < n:
                 m = match(text, pos)
                 if m is None:
-                    raise _BadCharacter(pos, line, pos - line_start + 1)
+                    pos = skip(text, pos).end()  # only ignored text left, or a bad character
+                    if pos < n:
+                        raise _BadCharacter(pos, line, pos - line_start + 1)
+                    break
                 kind = m.lastgroup
-                end = m.end()
+                pos, end = m.span(kind)
                 if kind in ignore:
                     pos = end
                     continue
@@ -208,7 +223,7 @@ class _Front:
                     line += 1
                     line_start = pos = end
                     break
-                value = m.group()
+                value = m.group(kind)
                 col = pos - line_start + 1
                 if kind == "NAME":
                     kw = keywords.get(value)
