@@ -119,6 +119,24 @@ def _toeplitz(diag: torch.Tensor, nq: int, n: int) -> torch.Tensor:
     return out.view(1, 1, nq, n) if not lead else out
 
 
+def _spread(table: torch.Tensor, b: int, q0: int, nq: int, n: int) -> torch.Tensor:
+    """Positions from blocks: ``table [..., R, C]`` holds query blocks ``q0 // b`` onwards
+    and key blocks ``0 ..``, a size-1 dimension broadcasting; the result is ``[..., nq, n]``
+    for rows ``q0 .. q0 + nq - 1`` and keys ``0 .. n - 1`` (sizes 1 kept).  Rows and keys are
+    contiguous, so each block repeats ``b`` times in place: an expand and one copy per
+    dimension, instead of a gather through an index for every one of the ``nq * n`` pairs."""
+    *lead, rows, cols = table.shape
+    if rows > 1:
+        skip = q0 - (q0 // b) * b
+        table = table.unsqueeze(-2).expand(*lead, rows, b, cols).reshape(*lead, rows * b, cols)
+        table = table[..., skip: skip + nq, :]
+    if cols > 1:
+        rows = table.shape[-2]
+        table = table.unsqueeze(-1).expand(*lead, rows, cols, b).reshape(*lead, rows, cols * b)
+        table = table[..., :n]
+    return table
+
+
 class _Eval:
     """Evaluates expressions for query rows at positions ``q0 .. q0 + nq - 1`` and keys
     ``0 .. n - 1`` of a sequence of length ``n``.  ``Q [1,1,nq,1]`` and ``K [1,1,1,n]``
@@ -200,9 +218,12 @@ class _Eval:
         if isinstance(e, ir.Random):
             table = random_blocks(e.count, e.block, e.seed, e.causal, n).to(Q.device)
             b = min(e.block, cap)
-            qb = torch.div(Q, b, rounding_mode="floor")
-            kb = torch.div(K, b, rounding_mode="floor")
-            return table[qb, kb]
+            if not self.nq:
+                return torch.zeros((1, 1, 0, n), dtype=torch.bool, device=Q.device)
+            first = self.q0 // b
+            last = (self.q0 + self.nq - 1) // b
+            return _spread(table[first: last + 1].view(1, 1, last + 1 - first, -1),
+                           b, self.q0, self.nq, n)
         if isinstance(e, ir.Blockwise):
             return self._blockwise(e)
         if isinstance(e, ir.Document):
@@ -226,7 +247,7 @@ class _Eval:
     # -- composite terms ----------------------------------------------------
     def _blockwise(self, e: ir.Blockwise) -> torch.Tensor:
         # Rows and keys are contiguous position ranges, so their blocks are too: the inner
-        # pattern runs once per (query block, key block) and is gathered back to positions,
+        # pattern runs once per (query block, key block) and is spread back to positions,
         # keeping any broadcast (size-1) dimension as is.
         b = min(e.block, max(self.n, 1))
         qb = torch.div(self.Q.flatten(), b, rounding_mode="floor")
@@ -234,11 +255,9 @@ class _Eval:
         inner = _Eval(first, int(qb[-1]) - first + 1 if self.nq else 0, -(-self.n // e.block),
                       self.Q.device, inner=True)
         out = inner(e.expr)
-        if out.shape[2] > 1:
-            out = out.index_select(2, qb - first)
-        if out.shape[3] > 1:
-            out = out.index_select(3, torch.div(self.K.flatten(), b, rounding_mode="floor"))
-        return out
+        if not self.nq:
+            return torch.zeros((*out.shape[:-2], 0, self.n), dtype=torch.bool, device=out.device)
+        return _spread(out, b, self.q0, self.nq, self.n)
 
     def _document(self, e) -> torch.Tensor:
         if self.inner:

@@ -267,6 +267,42 @@ def test_blockwise_resolves_against_block_count():
         0011001100""")
 
 
+def _rows_of(n, nq, q_offset):
+    start = n - nq if q_offset is None else q_offset
+    return range(start, start + nq)
+
+
+@pytest.mark.parametrize("n, nq, q_offset, block", [
+    (37, None, None, 4), (37, 5, None, 4), (37, 6, 9, 4), (37, 1, 0, 4), (37, 0, None, 4),
+    (40, 11, 13, 8), (5, None, None, 8), (5, 2, 1, 64), (64, 7, None, 1), (23, 9, 3, 3)])
+def test_block_terms_at_every_row_offset(n, nq, q_offset, block):
+    """random and blockwise, with rows starting mid-block and ragged last blocks, against the
+    definitions evaluated pair by pair: R(q // b) from the scalar generator, and blockwise's
+    pattern on block numbers (written as loops over blocks)."""
+    rows = _rows_of(n, n if nq is None else nq, q_offset)
+    nb = -(-n // block)
+    for causal in (False, True):
+        want = torch.tensor([[k // block in slow_R(2, 7, causal, nb, q // block) for k in range(n)]
+                             for q in rows], dtype=torch.bool).view(len(rows), n)
+        got = expr_mask(ir.Random(2, block, 7, causal), n, nq=nq, q_offset=q_offset)
+        assert got.shape == (len(rows), n) and torch.equal(got, want), (causal,)
+
+    def inner(i, j):  # local(1) | global([0, -1]) | (causal & stride(3)) on block numbers
+        return abs(i - j) <= 1 or i in (0, nb - 1) or j in (0, nb - 1) or (j <= i and (i - j) % 3 == 0)
+
+    expr = ir.Blockwise(block, ir.Union((ir.Local(1, 1), ir.Global(I(0, -1)),
+                                         ir.Intersect((ir.Causal(), ir.Stride(3))))))
+    want = torch.tensor([[inner(q // block, k // block) for k in range(n)] for q in rows],
+                        dtype=torch.bool).view(len(rows), n)
+    assert torch.equal(expr_mask(expr, n, nq=nq, q_offset=q_offset), want)
+    # Terms that depend on one side only keep working when spread (rows(), cols()).
+    for e, f in ((ir.Blockwise(block, ir.Rows(I(-1))), lambda i, j: i == nb - 1),
+                 (ir.Blockwise(block, ir.Cols(I(S(None, None, 2)))), lambda i, j: j % 2 == 0)):
+        want = torch.tensor([[f(q // block, k // block) for k in range(n)] for q in rows],
+                            dtype=torch.bool).view(len(rows), n)
+        assert torch.equal(expr_mask(e, n, nq=nq, q_offset=q_offset), want)
+
+
 # ---------------------------------------------------------------------------
 # Operators
 # ---------------------------------------------------------------------------
