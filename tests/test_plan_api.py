@@ -222,3 +222,16 @@ def test_canonical_plans_at_one_million_tokens_peak_under_256_mb():
     peaks = json.loads(res.stdout.strip().splitlines()[-1])
     assert len(peaks) == 10
     assert all(mb < 256 for mb in peaks.values()), peaks
+
+
+def test_a_cached_plan_keeps_its_own_document_ids():
+    # the caller reuses its doc_ids tensor: a later plan for the old content must not see it
+    spec = patterndsl.parse("causal & document")
+    d = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 25, 35]))
+    before = d.clone()
+    spec.plan(100, doc_ids=d, block_m=16, block_n=16)
+    d[:] = 0
+    plan = spec.plan(100, doc_ids=before, block_m=16, block_n=16)
+    q, k = torch.arange(100).view(-1, 1), torch.arange(100).view(1, -1)
+    assert torch.equal(plan.predicate(q, k), spec.mask(100, doc_ids=before))
+    assert plan.allowed_pairs == int(spec.mask(100, doc_ids=before).sum())

@@ -50,7 +50,8 @@ def _doc(doc_ids, n: int):
             "(plan each batch element separately when their documents differ)")
     if d.is_floating_point() or d.dtype == torch.bool:
         raise PsparseUsageError("doc_ids must be integers")
-    return d.to(device="cpu", dtype=torch.int64).contiguous()
+    # a copy the plan owns: cached plans are shared, and the caller may reuse its tensor
+    return d.to(device="cpu", dtype=torch.int64, memory_format=torch.contiguous_format, copy=True)
 
 
 def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = None, head: int | None = 0,
