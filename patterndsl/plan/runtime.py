@@ -154,16 +154,8 @@ def single_threaded(fn):
 
 
 def pick(cond: torch.Tensor, a, b) -> torch.Tensor:
-    """``torch.where(cond, a, b)`` for int64 operands (tensors or ints), by arithmetic.
-
-    On CPU, torch.where and masked_fill run several times slower than plain elementwise
-    arithmetic; plans are made of such selections over ``[tiles, runs]`` arrays."""
-    c = cond.to(torch.int64)
-    if isinstance(b, int):
-        if b == 0:
-            return a * c
-        return (a - b) * c + b
-    return b + (a - b) * c
+    """``torch.where(cond, a, b)`` for integer operands (tensors or ints)."""
+    return torch.where(cond, a, b)
 
 
 def cap(x: int, n: int) -> int:
@@ -451,25 +443,32 @@ def iv_single(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     return pick(bad, INF, lo), pick(bad, INF, hi)
 
 
-def iv_compact(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
-    """Normalise a set that is sorted and disjoint except for empty entries anywhere."""
+def _empty_like(lo: torch.Tensor, inf: int) -> Iv:
+    e = torch.full((lo.shape[0], 1), inf, dtype=lo.dtype)
+    return e, e.clone()
+
+
+def iv_compact(lo: torch.Tensor, hi: torch.Tensor, inf: int = INF) -> Iv:
+    """Normalise a set that is sorted and disjoint except for empty entries anywhere.
+    ``inf``: the unbounded end (INF; a smaller one for int32 tile numbers)."""
     T, K = lo.shape
-    lo = torch.clamp(lo, -INF, INF)
-    hi = torch.clamp(hi, -INF, INF)
+    lo = torch.clamp(lo, -inf, inf)
+    hi = torch.clamp(hi, -inf, inf)
     bad = hi <= lo
     if K == 1:
-        return pick(bad, INF, lo), pick(bad, INF, hi)
+        return pick(bad, inf, lo), pick(bad, inf, hi)
     good = ~bad
-    counts = good.sum(1)
-    K2 = int(counts.max()) if T else 0
-    if K2 == 0:
-        return iv_empty(T)
-    if K2 == K and bool(good[:, :K2].all()):
+    if T == 0:
+        return _empty_like(lo, inf)
+    if bool(good.all()):
         return lo, hi
     slot = torch.cumsum(good, 1) - 1
+    K2 = int(slot[:, -1].max()) + 1 if T else 0
+    if K2 == 0:
+        return _empty_like(lo, inf)
     slot = pick(good, slot, K2)   # dump column
-    nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
-    nhi = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, hi)
+    nlo = torch.full((T, K2 + 1), inf, dtype=lo.dtype).scatter_(1, slot, lo)
+    nhi = torch.full((T, K2 + 1), inf, dtype=lo.dtype).scatter_(1, slot, hi)
     return nlo[:, :K2], nhi[:, :K2]
 
 
@@ -483,29 +482,62 @@ def iv_norm(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
     return iv_merge_sorted(torch.gather(lo, 1, order), torch.gather(hi, 1, order))
 
 
-def iv_merge_sorted(lo: torch.Tensor, hi: torch.Tensor) -> Iv:
+def iv_merge_sorted(lo: torch.Tensor, hi: torch.Tensor, inf: int = INF) -> Iv:
     """Normalise a set whose non-empty entries are already ordered by ``lo`` (empties may
-    sit anywhere): e.g. a normalised set rounded outwards."""
+    sit anywhere): e.g. a normalised set rounded outwards.  ``inf`` as in `iv_compact`."""
     T, K = lo.shape
     if K == 1:
-        return iv_compact(lo, hi)
-    lo = torch.clamp(lo, -INF, INF)
-    hi = torch.clamp(hi, -INF, INF)
+        return iv_compact(lo, hi, inf)
+    lo = torch.clamp(lo, -inf, inf)
+    hi = torch.clamp(hi, -inf, inf)
     real = hi > lo
-    h = pick(real, hi, -INF - 1)
+    if T == 0:
+        return _empty_like(lo, inf)
+    # Rows that are normalised already (every entry real and past the previous one's end,
+    # as most rows of a group's runs are) stay as they are; only the others are merged.
+    ok = real.all(1) & (lo[:, 1:] > hi[:, :-1]).all(1)
+    if bool(ok.all()):
+        return lo, hi
+    if 4 * int(ok.sum()) >= T:
+        bad = (~ok).nonzero().flatten()
+        mlo, mhi = _merge_rows(lo[bad], hi[bad], real[bad], inf)
+        lo[bad, :mlo.shape[1]] = mlo
+        hi[bad, :mhi.shape[1]] = mhi
+        lo[bad, mlo.shape[1]:] = inf
+        hi[bad, mhi.shape[1]:] = inf
+        return lo, hi
+    return _merge_rows(lo, hi, real, inf)
+
+
+def _merge_rows(lo: torch.Tensor, hi: torch.Tensor, real: torch.Tensor, inf: int) -> Iv:
+    T, K = lo.shape
+    h = pick(real, hi, -inf - 1)
     reach = torch.cummax(h, dim=1).values
-    prev = torch.cat([torch.full((T, 1), -INF - 1, dtype=torch.int64), reach[:, :-1]], 1)
-    start = real & (lo > prev)
+    start = torch.empty((T, K), dtype=torch.bool)
+    start[:, :1] = real[:, :1]
+    start[:, 1:] = real[:, 1:] & (lo[:, 1:] > reach[:, :-1])
     gid = torch.cumsum(start, 1) - 1
-    K2 = int(start.sum(1).max()) if T else 0
+    K2 = int(gid[:, -1].max()) + 1 if T else 0
     if K2 == 0:
-        return iv_empty(T)
+        return _empty_like(lo, inf)
     slot = pick(start, gid, K2)
     mslot = pick(real, gid, K2)
-    nlo = torch.full((T, K2 + 1), INF, dtype=torch.int64).scatter_(1, slot, lo)
-    nhi = torch.full((T, K2 + 1), -INF, dtype=torch.int64).scatter_reduce(1, mslot, h, reduce="amax")
+    nlo = torch.full((T, K2 + 1), inf, dtype=lo.dtype).scatter_(1, slot, lo)
+    nhi = torch.full((T, K2 + 1), -inf, dtype=lo.dtype).scatter_reduce(1, mslot, h, reduce="amax")
     nlo, nhi = nlo[:, :K2], nhi[:, :K2]
-    return nlo, pick(nlo < INF, nhi, INF)
+    return nlo, pick(nlo < inf, nhi, inf)
+
+
+def _count_before(x: torch.Tensor, y: torch.Tensor, right: bool) -> torch.Tensor:
+    """``torch.searchsorted(x, y, right=right)`` for rows ``x`` sorted ascending: per entry
+    of ``y``, how many entries of its row of ``x`` lie below it (or at it, ``right``).
+    For short rows a few whole-tensor comparisons beat torch's per-row binary search."""
+    if x.shape[1] > 16:
+        return torch.searchsorted(x.contiguous(), y.contiguous(), right=right)
+    acc = torch.zeros(y.shape, dtype=torch.int64)
+    for j in range(x.shape[1]):
+        acc += (x[:, j:j + 1] <= y) if right else (x[:, j:j + 1] < y)
+    return acc
 
 
 def iv_interleave(a: Iv, b: Iv, extra=None):
@@ -515,8 +547,8 @@ def iv_interleave(a: Iv, b: Iv, extra=None):
     T, Ka = a[0].shape
     Kb = b[0].shape[1]
     K = Ka + Kb
-    ra = torch.arange(Ka) + torch.searchsorted(b[0].contiguous(), a[0].contiguous(), right=False)
-    rb = torch.arange(Kb) + torch.searchsorted(a[0].contiguous(), b[0].contiguous(), right=True)
+    ra = torch.arange(Ka) + _count_before(b[0], a[0], right=False)
+    rb = torch.arange(Kb) + _count_before(a[0], b[0], right=True)
     ra = pick(a[0] < INF, ra, K)
     rb = pick(b[0] < INF, rb, K)
 
@@ -1423,6 +1455,14 @@ def tile_spaces(e: Expr, g: Geom, ctx: Context, clip: bool = True):
 # Key spaces -> runs of key tiles, flagged full or partial
 # ---------------------------------------------------------------------------
 
+def _floor_div(x: torch.Tensor, b: int) -> torch.Tensor:
+    return x >> (b.bit_length() - 1) if b & (b - 1) == 0 else fdiv(x, b)
+
+
+def _ceil_div(x: torch.Tensor, b: int) -> torch.Tensor:
+    return (x + (b - 1)) >> (b.bit_length() - 1) if b & (b - 1) == 0 else cdiv(x, b)
+
+
 def tile_runs(hull, core, g: Geom):
     """``(kv_lo, kv_hi, kv_full)``: int32, int32, bool ``[T, S]`` in k_view tile numbers.
 
@@ -1431,20 +1471,30 @@ def tile_runs(hull, core, g: Geom):
     bn = g.kv.block
     ct = g.kv.class_tiles
     T = g.T
+    # Once clipped to the key class, everything is a tile number: int32 halves the memory
+    # traffic of every pass (kv_lo/kv_hi are int32 anyway).
+    if g.kv.num_slots < (1 << 30):
+        dt, inf = torch.int32, 1 << 30
+    else:
+        dt, inf = torch.int64, INF
+    top = g.kv.class_slots
     # Clip to the key class (and to tiles with rows); outward rounding keeps the order
-    # (touching tiles merge); inward rounding only shrinks.
+    # (touching tiles merge); inward rounding only shrinks.  Entries that are not real
+    # become empty (hi == lo), which the merge drops.
     rows = g.valid.unsqueeze(1)
     kc = g.kcount.unsqueeze(1)
-    hlo = torch.clamp(hull[0], min=0)
-    hhi = torch.minimum(hull[1], kc)
+    hlo = torch.clamp(hull[0], 0, top)
+    hhi = torch.minimum(torch.clamp(hull[1], 0, top), kc)
     real = (hlo < hhi) & rows
-    h = iv_merge_sorted(pick(real, fdiv(hlo, bn), INF), pick(real, cdiv(hhi, bn), INF))
-    clo = torch.clamp(core[0], min=0)
-    chi = torch.minimum(core[1], kc)
+    a = _floor_div(hlo.to(dt), bn)
+    h = iv_merge_sorted(a, pick(real, _ceil_div(hhi.to(dt), bn), a), inf)
+    clo = torch.clamp(core[0], 0, top)
+    chi = torch.minimum(torch.clamp(core[1], 0, top), kc)
     creal = (clo < chi) & rows
     # the class's last tile may be short: it is full when the core reaches the class end
     chi = pick(chi >= kc, ct * bn, chi)
-    f = iv_merge_sorted(pick(creal, cdiv(clo, bn), INF), pick(creal, fdiv(chi, bn), INF))
+    c = _ceil_div(clo.to(dt), bn)
+    f = iv_merge_sorted(c, pick(creal, _floor_div(chi.to(dt), bn), c), inf)
     # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
     # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
     # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
@@ -1454,25 +1504,29 @@ def tile_runs(hull, core, g: Geom):
     hp = torch.stack([h[0], h[1]], 2).reshape(T, 2 * h[0].shape[1])
     fp = torch.stack([f[0], f[1]], 2).reshape(T, 2 * f[0].shape[1])
     KH, KF = hp.shape[1], fp.shape[1]
-    rh = torch.arange(KH) + torch.searchsorted(fp, hp, right=False)
-    rf = torch.arange(KF) + torch.searchsorted(hp, fp, right=True)
-    th = torch.tensor([1, -1], dtype=torch.int64).repeat(KH // 2) * (hp < INF)
-    tf = torch.tensor([2, -2], dtype=torch.int64).repeat(KF // 2) * (fp < INF)
-    pts = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, hp).scatter_(1, rf, fp)
-    tag = torch.empty((T, KH + KF), dtype=torch.int64).scatter_(1, rh, th).scatter_(1, rf, tf)
-    level = torch.cumsum(tag, 1)[:, :-1]
-    a, b = pts[:, :-1], pts[:, 1:]
-    run = (b > a) & (level > 0) & (a < INF)
+    E = KH + KF
+    rh = torch.arange(KH) + _count_before(fp, hp, right=False)
+    rf = torch.arange(KF) + _count_before(hp, fp, right=True)
+    th = torch.tensor([1, -1], dtype=dt).repeat(KH // 2) * (hp < inf)
+    tf = torch.tensor([2, -2], dtype=dt).repeat(KF // 2) * (fp < inf)
+    pts = torch.empty((T, E), dtype=dt).scatter_(1, rh, hp).scatter_(1, rf, fp)
+    tag = torch.empty((T, E), dtype=dt).scatter_(1, rh, th).scatter_(1, rf, tf)
+    level = torch.cumsum(tag, 1, dtype=dt)
+    # piece i is [pts[i], nxt[i]); the last one is empty
+    nxt = torch.empty((T, E), dtype=dt)
+    nxt[:, :-1] = pts[:, 1:]
+    nxt[:, -1:] = pts[:, -1:]
+    run = (nxt > pts) & (level > 0)
     # left-align the runs, carrying their kind
     slot = torch.cumsum(run, 1) - 1
-    S = int(run.sum(1).max()) if T and run.numel() else 0
+    S = int(slot[:, -1].max()) + 1 if T else 0
     slot = pick(run, slot, S)
-    lo = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, a)[:, :S]
-    hi = torch.zeros((T, S + 1), dtype=torch.int64).scatter_(1, slot, b)[:, :S]
+    lo = torch.zeros((T, S + 1), dtype=dt).scatter_(1, slot, pts)[:, :S]
+    hi = torch.zeros((T, S + 1), dtype=dt).scatter_(1, slot, nxt)[:, :S]
     full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)[:, :S]
     used = hi > lo
     full = full & used
-    base = (g.kclass * ct).unsqueeze(1)
+    base = (g.kclass * ct).to(dt).unsqueeze(1)
     lo = pick(used, lo + base, 0)
     hi = pick(used, hi + base, 0)
     return lo.to(torch.int32), hi.to(torch.int32), full
