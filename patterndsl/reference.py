@@ -458,7 +458,8 @@ def program_mask(program: ir.Program, n: int, *, nq: int | None = None, q_offset
             raise PsparseUsageError("this spec has data-dependent terms: pass q and k")
 
     heads = 1 if num_heads is None else num_heads
-    out = torch.empty((batch, heads, nq, n), dtype=torch.bool, device=device)
+    shape = (batch, heads, nq, n)
+    out = None
     if q is not None:
         qf, kf = q.float(), k.float()
         group_size = q.shape[1] // k.shape[1]
@@ -471,6 +472,13 @@ def program_mask(program: ir.Program, n: int, *, nq: int | None = None, q_offset
             data = _Data(qf.index_select(1, idx), kf.index_select(1, kv), scale, program.budget,
                          layer, num_layers)
         m = _Eval(offset, nq, n, device, doc=doc, data=data)(rule.expr)
+        if len(groups) == 1 and m.shape == shape and m.is_contiguous():
+            # One rule for every head and already full size (a dynamic or document mask):
+            # the evaluator's result is a fresh tensor, so a second full-size copy is waste.
+            out = m
+            break
+        if out is None:
+            out = torch.empty(shape, dtype=torch.bool, device=device)
         contiguous = hs == list(range(hs[0], hs[-1] + 1))
         out[:, slice(hs[0], hs[-1] + 1) if contiguous else hs] = m.expand(batch, len(hs), nq, n)
     if num_heads is None:

@@ -915,3 +915,22 @@ def test_through_parser():
     got = parse("document & causal").mask(4, doc_ids=[0, 0, 1, 1])
     assert got.tolist() == M("1000 1100 0010 0011").tolist()
     assert parse("cols([-64:10])").mask(100).sum() == 0
+
+
+def test_full_size_results_are_fresh_tensors():
+    # A mask the evaluator already builds at full size is returned as is: it must be the
+    # caller's own, so writing into one result never changes the next.
+    from patterndsl import parse
+    doc = [[0, 0, 1, 1, 1], [0, 1, 1, 2, 2]]
+    s = parse("causal & document")
+    first = s.mask(5, doc_ids=torch.tensor(doc))
+    first.fill_(False)
+    again = s.mask(5, doc_ids=torch.tensor(doc))
+    assert again.tolist() == [[[k <= q and d[q] == d[k] for k in range(5)] for q in range(5)]
+                              for d in doc]
+    q, k = torch.randn(2, 2, 5, 4), torch.randn(2, 1, 5, 4)
+    s = parse("causal & (vertical(topk=2) | slash(topk=1))")
+    first = s.mask(5, q=q, k=k)
+    want = first.clone()
+    first.fill_(False)
+    assert want.any() and torch.equal(s.mask(5, q=q, k=k), want)
