@@ -235,3 +235,28 @@ def test_a_cached_plan_keeps_its_own_document_ids():
     q, k = torch.arange(100).view(-1, 1), torch.arange(100).view(1, -1)
     assert torch.equal(plan.predicate(q, k), spec.mask(100, doc_ids=before))
     assert plan.allowed_pairs == int(spec.mask(100, doc_ids=before).sum())
+
+
+def _memory_refuses(nbytes: int) -> bool:
+    """Whether the kernel refuses one allocation of ``nbytes`` outright (heuristic or strict
+    overcommit and less memory than that), so asking for it cannot get the test killed."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            mode = int(f.read())
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    except OSError:
+        return False
+    return mode != 1 and info["MemTotal"] + info.get("SwapTotal", 0) < nbytes // 4
+
+
+def test_plans_and_layouts_too_large_for_memory_are_usage_errors():
+    plan = patterndsl.parse("causal").plan(1 << 24)
+    # one byte per 1x1 tile: 2**48 bytes, beyond any x86_64 address space
+    with pytest.raises(PsparseUsageError, match="does not fit in memory"):
+        plan.layout(1, 1)
+    n = (1 << 40) - 1
+    if not _memory_refuses(8 * n):
+        pytest.skip("this machine might try to allocate a plan of 2**40 one-row tiles")
+    with pytest.raises(PsparseUsageError, match="does not fit in memory"):
+        patterndsl.parse("causal & local(100)").plan(n, block_m=1, block_n=1)

@@ -90,7 +90,15 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
         if doc_ids is None:
             raise PsparseUsageError("this spec uses `document`: pass doc_ids (shape [n])")
         key = _DocKey(_doc(doc_ids, n))
-    return _cached(ir.strip_spans(expr), n, nq, q_offset, head_dim, dtype, block_m, block_n, key)
+    try:
+        return _cached(ir.strip_spans(expr), n, nq, q_offset, head_dim, dtype, block_m, block_n, key)
+    except (MemoryError, RuntimeError) as e:
+        # a plan holds O(n / block) entries per run: at n near 2**40 that outgrows any machine
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):
+            raise
+        raise PsparseUsageError(
+            f"the plan for n = {n} does not fit in memory (its arrays hold about n / block_m entries "
+            "per key run); use a shorter sequence or larger tiles") from None
 
 
 @lru_cache(maxsize=256)

@@ -96,13 +96,26 @@ def tile_sizes(block_m, block_n, default_m: int, default_n: int) -> tuple[int, i
 
 
 def build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, bn: int) -> Layout:
+    try:
+        return _build_layout(expr, ctx, nq, q_offset, bm, bn)
+    except (MemoryError, RuntimeError) as e:
+        # the dense layout is one byte per tile: n**2 / (bm * bn) outgrows memory at long n
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):
+            raise
+        from ..errors import PsparseUsageError
+        raise PsparseUsageError(
+            f"the layout of {-(-nq // bm)} x {-(-ctx.n // bn)} tiles does not fit in memory; "
+            "ask for larger tiles (layout(block_m, block_n)) or a shorter sequence") from None
+
+
+def _build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, bn: int) -> Layout:
     n = ctx.n
-    qv, kv = IDENTITY.views(q_offset, q_offset + nq, n, bm, bn)
-    g = Geom.make(IDENTITY, qv, kv, n)
     Tq, Tk = -(-nq // bm), -(-n // bn)
-    dense = torch.zeros((Tq, Tk), dtype=torch.int8)
+    dense = torch.zeros((Tq, Tk), dtype=torch.int8)   # first: the one allocation of n**2 size
     if Tq == 0 or Tk == 0:
         return Layout(dense, bm, bn, nq, n, q_offset)
+    qv, kv = IDENTITY.views(q_offset, q_offset + nq, n, bm, bn)
+    g = Geom.make(IDENTITY, qv, kv, n)
     hull, core = tile_spaces(expr, g, ctx, clip=False)
     lo, hi, full = tile_runs(hull, core, g)
     lo, hi = lo.long(), hi.long()
@@ -113,7 +126,7 @@ def build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, b
     two = torch.full((int(sel.sum()),), FULL, dtype=torch.int8)
     diff.index_put_((rows[sel], lo[sel]), two, accumulate=True)
     diff.index_put_((rows[sel], hi[sel]), -two, accumulate=True)
-    dense = torch.cumsum(diff[:, :Tk], 1, dtype=torch.int8)
+    torch.cumsum(diff[:, :Tk], 1, out=dense)
     # partial runs: count each tile exactly
     psel = ~full & (hi > lo)
     length = (hi - lo)[psel]
