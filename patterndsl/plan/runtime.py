@@ -154,7 +154,11 @@ def single_threaded(fn):
 
 
 def pick(cond: torch.Tensor, a, b) -> torch.Tensor:
-    """``torch.where(cond, a, b)`` for integer operands (tensors or ints)."""
+    """``torch.where(cond, a, b)`` for integer operands (tensors or ints).
+
+    A plan is usually built once per length, on a cold heap: there, a selection by
+    arithmetic (``b + (a - b) * cond``) is slower than torch.where, its temporaries costing
+    more in page faults than its faster loops save."""
     return torch.where(cond, a, b)
 
 
@@ -534,10 +538,14 @@ def _count_before(x: torch.Tensor, y: torch.Tensor, right: bool) -> torch.Tensor
     For short rows a few whole-tensor comparisons beat torch's per-row binary search."""
     if x.shape[1] > 16:
         return torch.searchsorted(x.contiguous(), y.contiguous(), right=right)
-    acc = torch.zeros(y.shape, dtype=torch.int64)
+    # One comparison buffer and a byte counter: a fresh temporary per column would cost
+    # more in page faults than the comparisons themselves.
+    acc = torch.zeros(y.shape, dtype=torch.uint8)
+    hit = torch.empty(y.shape, dtype=torch.bool)
+    cmp = torch.le if right else torch.lt
     for j in range(x.shape[1]):
-        acc += (x[:, j:j + 1] <= y) if right else (x[:, j:j + 1] < y)
-    return acc
+        acc += cmp(x[:, j:j + 1], y, out=hit).view(torch.uint8)
+    return acc.to(torch.int64)
 
 
 def iv_interleave(a: Iv, b: Iv, extra=None):
@@ -1463,26 +1471,47 @@ def _ceil_div(x: torch.Tensor, b: int) -> torch.Tensor:
     return (x + (b - 1)) >> (b.bit_length() - 1) if b & (b - 1) == 0 else cdiv(x, b)
 
 
+# Query tiles per slice of `tile_runs`: its temporaries are a few times [rows, runs] words,
+# so slices keep them in cache and let the heap reuse one slice's memory for the next.
+RUN_ROWS = 4096
+
+
 def tile_runs(hull, core, g: Geom):
     """``(kv_lo, kv_hi, kv_full)``: int32, int32, bool ``[T, S]`` in k_view tile numbers.
 
     ``hull`` and ``core`` need only be sorted by start (they may overlap; empty entries
     anywhere), unclipped: this clips, rounds and merges them."""
-    bn = g.kv.block
-    ct = g.kv.class_tiles
     T = g.T
+    if T <= RUN_ROWS:
+        return _tile_runs(hull, core, g.valid, g.kcount, g.kclass, g.kv)
+    outs = []
+    for t0 in range(0, T, RUN_ROWS):
+        r = slice(t0, t0 + RUN_ROWS)
+        outs.append(_tile_runs((hull[0][r], hull[1][r]), (core[0][r], core[1][r]), g.valid[r],
+                               g.kcount[r], g.kclass[r], g.kv))
+    S = max(o[0].shape[1] for o in outs)
+    pad = [(0, S - o[0].shape[1]) for o in outs]
+    return (torch.cat([torch.nn.functional.pad(o[0], p) for o, p in zip(outs, pad)]),
+            torch.cat([torch.nn.functional.pad(o[1], p) for o, p in zip(outs, pad)]),
+            torch.cat([torch.nn.functional.pad(o[2], p) for o, p in zip(outs, pad)]))
+
+
+def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
+    bn = kv.block
+    ct = kv.class_tiles
+    T = valid.shape[0]
     # Once clipped to the key class, everything is a tile number: int32 halves the memory
     # traffic of every pass (kv_lo/kv_hi are int32 anyway).
-    if g.kv.num_slots < (1 << 30):
+    if kv.num_slots < (1 << 30):
         dt, inf = torch.int32, 1 << 30
     else:
         dt, inf = torch.int64, INF
-    top = g.kv.class_slots
+    top = kv.class_slots
     # Clip to the key class (and to tiles with rows); outward rounding keeps the order
     # (touching tiles merge); inward rounding only shrinks.  Entries that are not real
     # become empty (hi == lo), which the merge drops.
-    rows = g.valid.unsqueeze(1)
-    kc = g.kcount.unsqueeze(1)
+    rows = valid.unsqueeze(1)
+    kc = kcount.unsqueeze(1)
     hlo = torch.clamp(hull[0], 0, top)
     hhi = torch.minimum(torch.clamp(hull[1], 0, top), kc)
     real = (hlo < hhi) & rows
@@ -1526,7 +1555,7 @@ def tile_runs(hull, core, g: Geom):
     full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)[:, :S]
     used = hi > lo
     full = full & used
-    base = (g.kclass * ct).to(dt).unsqueeze(1)
+    base = (kclass * ct).to(dt).unsqueeze(1)
     lo = pick(used, lo + base, 0)
     hi = pick(used, hi + base, 0)
     return lo.to(torch.int32), hi.to(torch.int32), full
