@@ -144,6 +144,8 @@ def _join_spans(a: Span | None, b: Span | None) -> Span | None:
 
 
 def _suggest(name: str, candidates) -> str | None:
+    if name.lower() != name and name.lower() in candidates:
+        return f"did you mean '{name.lower()}'? (names are case-sensitive)"
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 

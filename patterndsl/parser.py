@@ -561,16 +561,17 @@ def _open_hint(stack, line: int, before_pos: int) -> str | None:
 
 
 def _statement_hint(tok, state) -> str | None:
-    """`name = ...` at the start of a statement: a misspelt keyword, or a missing `let`."""
-    if tok.type != "_EQ" or _previous(state, 1) != "NAME":
-        return None
-    if _previous(state, 2) not in (None, "_NL", "_SEMI"):
+    """A statement that starts with a name and goes wrong at the next token: a misspelt
+    keyword (`heds 0 = ...`, `paternn = ...`), or `name = ...` without `let`."""
+    if _previous(state, 1) != "NAME" or _previous(state, 2) not in (None, "_NL", "_SEMI"):
         return None
     name = str(state.value_stack[-1])
-    close = difflib.get_close_matches(name, _KEYWORD_WORDS, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), _KEYWORD_WORDS, n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
-    return f"to name a sub-pattern, write 'let {clip(name)} = ...'"
+    if tok.type == "_EQ":
+        return f"to name a sub-pattern, write 'let {clip(name)} = ...'"
+    return None
 
 
 def _translate(e: Exception, text: str) -> PsparseSyntaxError:
@@ -598,9 +599,11 @@ def _translate(e: Exception, text: str) -> PsparseSyntaxError:
     if isinstance(e, _BadCharacter):
         ch = text[e.pos]
         span = Span(e.line, e.column, e.line, e.column + 1, e.pos, e.pos + 1)
+        hint = _open_hint(stack, e.line, e.pos)
+        if hint is None and ch == "." and text[e.pos + 1:e.pos + 2].isdigit():
+            hint = "a decimal needs a digit before its point, such as 0.5"
         return PsparseSyntaxError(f"unexpected character {_show_char(ch)}", source=text,
-                                  span=span, expected=expected,
-                                  hint=_open_hint(stack, e.line, e.pos))
+                                  span=span, expected=expected, hint=hint)
     # Any other lark error would be a bug in the grammar tables, but the user still gets
     # a PsparseError rather than a traceback.
     return PsparseSyntaxError(f"the spec could not be parsed ({type(e).__name__})",
