@@ -260,10 +260,16 @@ def write_results(table: list[str], missed: list[str], load: float) -> None:
     if HEADING in old:
         start = old.index(HEADING)
         nxt = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + "\n".join(body) + (old[nxt + 1:] if nxt != -1 else "")
+        end = nxt + 1 if nxt != -1 else len(old)
+        # Subsections (### ...) of this section are notes written by hand: kept as they are.
+        notes = old.find("\n### ", start, end)
+        kept = old[notes + 1:end] if notes != -1 else ""
+        new = old[:start] + "\n".join(body) + kept + old[end:]
     else:
         new = old.rstrip("\n") + "\n\n" + "\n".join(body)
-    RESULTS.write_text(new)
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, RESULTS)
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
 
 
