@@ -535,8 +535,8 @@ def _merge_rows(lo: torch.Tensor, hi: torch.Tensor, real: torch.Tensor, inf: int
 def _count_before(x: torch.Tensor, y: torch.Tensor, right: bool) -> torch.Tensor:
     """``torch.searchsorted(x, y, right=right)`` for rows ``x`` sorted ascending: per entry
     of ``y``, how many entries of its row of ``x`` lie below it (or at it, ``right``).
-    For short rows a few whole-tensor comparisons beat torch's per-row binary search."""
-    if x.shape[1] > 16:
+    Against a few columns, whole-tensor comparisons beat torch's per-row binary search."""
+    if x.shape[1] > 4:
         return torch.searchsorted(x.contiguous(), y.contiguous(), right=right)
     # One comparison buffer and a byte counter: a fresh temporary per column would cost
     # more in page faults than the comparisons themselves.
@@ -548,23 +548,24 @@ def _count_before(x: torch.Tensor, y: torch.Tensor, right: bool) -> torch.Tensor
     return acc.to(torch.int64)
 
 
-def iv_interleave(a: Iv, b: Iv, extra=None):
+def iv_interleave(a: Iv, b: Iv, extra=None, inf: int = INF):
     """The entries of two normalised sets in position order, without a row-wise sort
     (torch sorts short rows slowly): each entry's rank is its index plus the number of the
-    other set's entries before it.  ``extra``: per-set tensors ``(xa, xb)`` carried along."""
+    other set's entries before it.  ``extra``: per-set tensors ``(xa, xb)`` carried along.
+    ``inf`` as in `iv_compact`."""
     T, Ka = a[0].shape
     Kb = b[0].shape[1]
     K = Ka + Kb
     ra = torch.arange(Ka) + _count_before(b[0], a[0], right=False)
     rb = torch.arange(Kb) + _count_before(a[0], b[0], right=True)
-    ra = pick(a[0] < INF, ra, K)
-    rb = pick(b[0] < INF, rb, K)
+    ra = pick(a[0] < inf, ra, K)
+    rb = pick(b[0] < inf, rb, K)
 
     def put(x, y, fill):
         out = torch.full((T, K + 1), fill, dtype=x.dtype)
         return out.scatter_(1, ra, x).scatter_(1, rb, y)[:, :K]
-    lo = put(a[0], b[0], INF)
-    hi = put(a[1], b[1], INF)
+    lo = put(a[0], b[0], inf)
+    hi = put(a[1], b[1], inf)
     if extra is None:
         return lo, hi
     return lo, hi, put(extra[0], extra[1], False)
@@ -691,6 +692,10 @@ def _sort_rows(key: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, 1) if cols else key
 
 
+# Rows whose first draws repeat, up to this many, are finished one by one in Python.
+SCALAR_ROWS = 256
+
+
 def random_table(count: int, block: int, seed: int, causal: bool, n: int) -> torch.Tensor:
     """``R(i)`` for every query block ``i``: int64 ``[ceil(n/block), r]`` with
     ``r = min(count, nb)``, each row ascending and padded with ``-1`` (causal rows that have
@@ -722,6 +727,21 @@ def random_table(count: int, block: int, seed: int, causal: bool, n: int) -> tor
                 dup |= v[:, i] == v[:, j]
         table[active[~dup]] = v[~dup]
         active = active[dup]
+        if active.numel() <= SCALAR_ROWS:
+            # Few rows left: the scalar definition costs less than the vector passes below.
+            h0 = splitmix64(seed & MASK64)
+            for i in active.tolist():
+                c = i + 1 if causal else nb
+                h = splitmix64(h0 ^ i)
+                got: list = []
+                j = 0
+                while len(got) < r:
+                    x = splitmix64((h + j) & MASK64) % c
+                    j += 1
+                    if x not in got:
+                        got.append(x)
+                table[i] = torch.tensor(got, dtype=torch.int64)
+            active = active[:0]
     held = torch.zeros(nb, dtype=torch.int64)
     j = 0
     # Draws are made a few stream positions at a time for all still-active rows, then taken
@@ -761,7 +781,9 @@ class Group:
     """Segments of the query axis, each with disjoint key runs.
 
     Segment ``s`` covers queries ``[seg_starts[s], seg_starts[s+1])`` (the last one up to
-    ``n``) and allows keys in ``[run_lo[j], run_hi[j])`` for ``ptr_lo[s] <= j < ptr_hi[s]``."""
+    ``n``) and allows keys in ``[run_lo[j], run_hi[j])`` for ``ptr_lo[s] <= j < ptr_hi[s]``.
+    ``seg_len > 0`` says the segments all start at multiples of it (``seg_starts[s] ==
+    s * seg_len``), so a query's segment is a division rather than a search."""
 
     n: int
     seg_starts: torch.Tensor   # int64 [S], seg_starts[0] == 0
@@ -769,6 +791,7 @@ class Group:
     ptr_hi: torch.Tensor       # int64 [S]
     run_lo: torch.Tensor       # int64 [R]
     run_hi: torch.Tensor       # int64 [R]
+    seg_len: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -783,6 +806,8 @@ class Group:
         return self._cache["max_runs"]
 
     def segment_of(self, q: torch.Tensor) -> torch.Tensor:
+        if self.seg_len:
+            return torch.clamp(fdiv(q, self.seg_len), -1, self.num_segments - 1)
         return torch.searchsorted(self.seg_starts, q, right=True) - 1
 
     def runs_of(self, seg: torch.Tensor, width: int | None = None):
@@ -843,7 +868,7 @@ class Group:
 def block_group(b: int, n: int) -> Group:
     starts = torch.arange(0, max(n, 1), b, dtype=torch.int64)
     idx = torch.arange(starts.numel(), dtype=torch.int64)
-    return Group(n, starts, idx, idx + 1, starts, torch.clamp(starts + b, max=n))
+    return Group(n, starts, idx, idx + 1, starts, torch.clamp(starts + b, max=n), seg_len=b)
 
 
 def random_group(count: int, block: int, seed: int, causal: bool, n: int, table: torch.Tensor) -> Group:
@@ -852,13 +877,14 @@ def random_group(count: int, block: int, seed: int, causal: bool, n: int, table:
     starts = torch.arange(nb, dtype=torch.int64) * b if nb else torch.zeros(1, dtype=torch.int64)
     if nb == 0:
         z = torch.zeros(1, dtype=torch.int64)
-        return Group(n, starts, z, z, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+        return Group(n, starts, z, z, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                     seg_len=b)
     held = (table >= 0).sum(1)
     ptr_lo = torch.arange(nb, dtype=torch.int64) * r
     flat = table.reshape(-1)
     lo = torch.where(flat >= 0, flat * b, torch.zeros_like(flat))
     hi = torch.where(flat >= 0, torch.clamp(flat * b + b, max=n), torch.zeros_like(flat))
-    return Group(n, starts, ptr_lo, ptr_lo + held, lo, hi)
+    return Group(n, starts, ptr_lo, ptr_lo + held, lo, hi, seg_len=b)
 
 
 def transposed_random_group(b: int, n: int, table: torch.Tensor) -> Group:
@@ -869,7 +895,7 @@ def transposed_random_group(b: int, n: int, table: torch.Tensor) -> Group:
         starts = torch.arange(max(nb, 1), dtype=torch.int64) * b
         z = torch.zeros(starts.numel(), dtype=torch.int64)
         e = torch.zeros(0, dtype=torch.int64)
-        return Group(n, starts, z, z, e, e)
+        return Group(n, starts, z, z, e, e, seg_len=b)
     i = torch.arange(nb, dtype=torch.int64).unsqueeze(1).expand(nb, r).reshape(-1)
     j = table.reshape(-1)
     keep = j >= 0
@@ -879,7 +905,7 @@ def transposed_random_group(b: int, n: int, table: torch.Tensor) -> Group:
     counts = torch.bincount(j, minlength=nb)
     ptr_hi = torch.cumsum(counts, 0)
     return Group(n, torch.arange(nb, dtype=torch.int64) * b, ptr_hi - counts, ptr_hi, i * b,
-                 torch.clamp(i * b + b, max=n))
+                 torch.clamp(i * b + b, max=n), seg_len=b)
 
 
 def document_runs(doc_ids: torch.Tensor):
@@ -916,7 +942,7 @@ def runs_group(b: int, n: int, rows: torch.Tensor, lo: torch.Tensor, hi: torch.T
     counts = torch.bincount(rows, minlength=max(nrows, 1))[: max(nrows, 1)]
     ptr_hi = torch.cumsum(counts, 0)
     ptr_lo = ptr_hi - counts
-    return Group(n, starts, ptr_lo, ptr_hi, lo * b, torch.clamp(hi * b, max=n))
+    return Group(n, starts, ptr_lo, ptr_hi, lo * b, torch.clamp(hi * b, max=n), seg_len=b)
 
 
 def merge_runs(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
@@ -1133,6 +1159,8 @@ GROUP_GATHER_LIMIT = 64
 def _kconv(g: Geom, x: torch.Tensor, y: torch.Tensor):
     """Key positions ``[x, y)`` -> class-local indices ``[b0, b1)`` of the tile's key class."""
     kf = g.kf.unsqueeze(-1) if x.dim() > 1 else g.kf
+    if g.sk == 1:
+        return x - kf, y - kf
     return cdiv(x - kf, g.sk), cdiv(y - kf, g.sk)
 
 
@@ -1440,13 +1468,10 @@ def tile_spaces(e: Expr, g: Geom, ctx: Context, clip: bool = True):
     """Spaces clipped to the key class and emptied for query tiles without valid rows
     (``clip=False`` leaves both to the caller: `runs.tile_runs` does them elementwise)."""
     if not clip and _k(e) == "Union" and diagonals(e, ctx.n) is None:
-        # The caller (tile_runs) merges after rounding anyway: at the top, a union only
-        # needs its terms' intervals in position order, not merged.
-        hull, core = spaces_of(e.terms[0], g, ctx)
-        for t in e.terms[1:]:
-            h2, c2 = spaces_of(t, g, ctx)
-            hull, core = iv_interleave(hull, h2), iv_interleave(core, c2)
-        return hull, core
+        # The caller (tile_runs) merges after rounding anyway: at the top, a union's terms
+        # go to it as lists of sets, which it puts in position order once in tile numbers.
+        terms = [spaces_of(t, g, ctx) for t in e.terms]
+        return [h for h, _ in terms], [c for _, c in terms]
     hull, core = spaces_of(e, g, ctx)
     if not clip:
         return hull, core
@@ -1473,22 +1498,25 @@ def _ceil_div(x: torch.Tensor, b: int) -> torch.Tensor:
 
 # Query tiles per slice of `tile_runs`: its temporaries are a few times [rows, runs] words,
 # so slices keep them in cache and let the heap reuse one slice's memory for the next.
-RUN_ROWS = 4096
+RUN_ROWS = 8192
 
 
 def tile_runs(hull, core, g: Geom):
     """``(kv_lo, kv_hi, kv_full)``: int32, int32, bool ``[T, S]`` in k_view tile numbers.
 
-    ``hull`` and ``core`` need only be sorted by start (they may overlap; empty entries
-    anywhere), unclipped: this clips, rounds and merges them."""
+    ``hull`` and ``core`` are interval sets or lists of them (a union's terms, as
+    `tile_spaces` gives them), each normalised or at least sorted by start (they may
+    overlap; empty entries anywhere), unclipped: this clips, rounds and merges them."""
     T = g.T
+    hull = hull if isinstance(hull, list) else [hull]
+    core = core if isinstance(core, list) else [core]
     if T <= RUN_ROWS:
         return _tile_runs(hull, core, g.valid, g.kcount, g.kclass, g.kv)
     outs = []
     for t0 in range(0, T, RUN_ROWS):
         r = slice(t0, t0 + RUN_ROWS)
-        outs.append(_tile_runs((hull[0][r], hull[1][r]), (core[0][r], core[1][r]), g.valid[r],
-                               g.kcount[r], g.kclass[r], g.kv))
+        outs.append(_tile_runs([(h[0][r], h[1][r]) for h in hull], [(c[0][r], c[1][r]) for c in core],
+                               g.valid[r], g.kcount[r], g.kclass[r], g.kv))
     S = max(o[0].shape[1] for o in outs)
     pad = [(0, S - o[0].shape[1]) for o in outs]
     return (torch.cat([torch.nn.functional.pad(o[0], p) for o, p in zip(outs, pad)]),
@@ -1507,23 +1535,34 @@ def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
     else:
         dt, inf = torch.int64, INF
     top = kv.class_slots
-    # Clip to the key class (and to tiles with rows); outward rounding keeps the order
-    # (touching tiles merge); inward rounding only shrinks.  Entries that are not real
-    # become empty (hi == lo), which the merge drops.
     rows = valid.unsqueeze(1)
     kc = kcount.unsqueeze(1)
-    hlo = torch.clamp(hull[0], 0, top)
-    hhi = torch.minimum(torch.clamp(hull[1], 0, top), kc)
-    real = (hlo < hhi) & rows
-    a = _floor_div(hlo.to(dt), bn)
-    h = iv_merge_sorted(a, pick(real, _ceil_div(hhi.to(dt), bn), a), inf)
-    clo = torch.clamp(core[0], 0, top)
-    chi = torch.minimum(torch.clamp(core[1], 0, top), kc)
-    creal = (clo < chi) & rows
-    # the class's last tile may be short: it is full when the core reaches the class end
-    chi = pick(chi >= kc, ct * bn, chi)
-    c = _ceil_div(clo.to(dt), bn)
-    f = iv_merge_sorted(c, pick(creal, _floor_div(chi.to(dt), bn), c), inf)
+
+    def outward(lo, hi):
+        # Clip to the key class (and to tiles with rows), round outwards; entries that are
+        # not real become empty (hi == lo), which the merge drops.  Rounding keeps the order.
+        lo = torch.clamp(lo, 0, top)
+        hi = torch.minimum(torch.clamp(hi, 0, top), kc)
+        real = (lo < hi) & rows
+        a = _floor_div(lo.to(dt), bn)
+        return a, pick(real, _ceil_div(hi.to(dt), bn), a)
+
+    def inward(lo, hi):
+        lo = torch.clamp(lo, 0, top)
+        hi = torch.minimum(torch.clamp(hi, 0, top), kc)
+        real = (lo < hi) & rows
+        # the class's last tile may be short: it is full when the core reaches the class end
+        hi = pick(hi >= kc, ct * bn, hi)
+        c = _ceil_div(lo.to(dt), bn)
+        return c, pick(real, _floor_div(hi.to(dt), bn), c)
+
+    def merged(sets, rnd):
+        lo, hi = rnd(*sets[0])
+        for x in sets[1:]:
+            lo, hi = iv_interleave((lo, hi), rnd(*x), inf=inf)
+        return _merge_rows(lo, hi, hi > lo, inf) if lo.shape[1] > 1 else iv_compact(lo, hi, inf)
+    h = merged(hull, outward)
+    f = merged(core, inward)
     # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
     # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
     # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
