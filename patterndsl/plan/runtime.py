@@ -1212,6 +1212,27 @@ def band(g: Geom, dlo: int, dhi: int):
     return iv_single(*hull), iv_single(*core)
 
 
+def bands(g: Geom, ivs):
+    """The union of the bands ``lo <= q - k <= hi`` for sorted, disjoint ``(lo, hi)``
+    (`diagonals`' form) in one pass.  Per tile each band is one key interval, and a higher
+    band lies at lower keys, so the reversed list is already in key order: one merge
+    instead of a union per band."""
+    if len(ivs) <= 1:
+        return band(g, *ivs[0]) if ivs else _both(iv_empty(g.T))
+    qmin, qmax = g.qmin.unsqueeze(1), g.qmax.unsqueeze(1)
+
+    def keys(sel, a_end, b_end):
+        dlo = torch.tensor([a for a, _ in reversed(sel)], dtype=torch.int64)
+        dhi = torch.tensor([b for _, b in reversed(sel)], dtype=torch.int64)
+        return iv_merge_sorted(*_kconv(g, a_end - dhi, b_end - dlo + 1))
+    # A band narrower than a tile's rows has no key every row attends: leave it out of the
+    # core (thin diagonals are most of what comes here).
+    rows = int((g.qmax - g.qmin).clamp(min=0).min()) if g.T else 0
+    thick = [(a, b) for a, b in ivs if b - a >= rows]
+    core = keys(thick, qmax, qmin) if thick else iv_empty(g.T)
+    return keys(ivs, qmin, qmax), core
+
+
 def k_cong(g: Geom, m: int, r: int):
     T = g.T
     if m == 1:
@@ -1254,7 +1275,21 @@ def _progs_union(parts):
 def index_rows(g: Geom, progs):
     if not progs:
         return _both(iv_empty(g.T))
-    return _progs_union([q_interval(g, a, b, s) for a, b, s in progs])
+    out = [q_interval(g, a, b, s) for a, b, s in progs if s > 1]
+    plain = [(a, b) for a, b, s in progs if s == 1]
+    if plain:
+        # all contiguous items at once (a long list of global tokens is many of them): a
+        # tile's rows are all in the set when one item holds them all, none when no item
+        # holds one (as the union of the items one by one)
+        x = torch.tensor([a for a, _ in plain], dtype=torch.int64)
+        y = torch.tensor([b for _, b in plain], dtype=torch.int64)
+        qf, a0, a1 = g.qf.unsqueeze(1), g.a0.unsqueeze(1), g.a1.unsqueeze(1)
+        amin = torch.maximum(a0, cdiv(x - qf, g.sq))
+        amax = torch.minimum(a1, cdiv(y - qf, g.sq) - 1)
+        some = (amin <= amax).any(1)
+        every = ((g.qmin.unsqueeze(1) >= x) & (g.qmax.unsqueeze(1) < y)).any(1)
+        out.append(_rowsel(g, every, ~some))
+    return _progs_union(out)
 
 
 # A key progression with at most this many members is spelled out member by member (exact),
@@ -1275,7 +1310,14 @@ def k_prog(g: Geom, a: int, b: int, s: int):
 def index_cols(g: Geom, progs):
     if not progs:
         return _both(iv_empty(g.T))
-    return _progs_union([k_prog(g, a, b, s) for a, b, s in progs])
+    out = [k_prog(g, a, b, s) for a, b, s in progs if s > 1]
+    plain = sorted((a, b) for a, b, s in progs if s == 1)
+    if plain:
+        # all contiguous items at once, in key order (class-local conversion keeps it)
+        x = torch.tensor([a for a, _ in plain], dtype=torch.int64).expand(g.T, -1)
+        y = torch.tensor([b for _, b in plain], dtype=torch.int64).expand(g.T, -1)
+        out.append(_both(iv_merge_sorted(*_kconv(g, x, y))))
+    return _progs_union(out)
 
 
 def group(g: Geom, grp) -> tuple:
@@ -1326,14 +1368,14 @@ def primitive(e: Expr, g: Geom, ctx: Context):
         return band(g, 0, INF)
     if _k(e) == "Local":
         return band(g, -cap(e.right, n), cap(e.left, n))
+    if _k(e) in ("Stride", "Dilated", "Slash"):
+        d = diagonals(e, n)
+        if d is not None:
+            return bands(g, d)
     if _k(e) == "Stride":
-        if e.step >= max(n, 1):
-            return band(g, 0, 0)
         return d_cong(g, e.step, 0)
     if _k(e) == "Dilated":
         w = cap(e.width * e.dilation, n)
-        if e.dilation >= max(n, 1):
-            return band(g, 0, 0)
         return meet(band(g, -w, w), d_cong(g, e.dilation, 0))
     if _k(e) == "Every":
         if e.step > max(n, 1):
@@ -1412,10 +1454,19 @@ def diagonals(e: Expr, n: int):
     if _k(e) == "Dilated" and e.dilation == 1:
         w = min(e.width, big)
         return [(-w, w)]
+    # A period too long for a residue view allows only a few diagonals (fewer than
+    # 2 * MIN_CLASS + 1 inside |q - k| < n): listed, each is a band of width 1.
+    if _k(e) == "Stride" and few_diagonals(e.step, n):
+        m = (big - 1) // e.step
+        return [(i * e.step, i * e.step) for i in range(-m, m + 1)]
+    if _k(e) == "Dilated" and few_diagonals(e.dilation, n):
+        m = min(e.width, (big - 1) // e.dilation)
+        return [(i * e.dilation, i * e.dilation) for i in range(-m, m + 1)]
     if _k(e) == "Slash":
         progs = ctx_offsets(e, n)
-        if all(s == 1 for _, _, s in progs):
-            return _norm([(a, b - 1) for a, b, _ in progs])
+        if all(s == 1 or few_diagonals(s, n) for _, _, s in progs):
+            return _norm([(x, x) for a, b, s in progs if s > 1 for x in range(a, b, s)]
+                         + [(a, b - 1) for a, b, s in progs if s == 1])
         return None
     if _k(e) in ("Union", "Intersect", "Difference"):
         kids = [diagonals(c, n) for c in e.children()]
@@ -1441,12 +1492,7 @@ def spaces_of(e: Expr, g: Geom, ctx: Context):
     if _k(e) in ("Union", "Intersect", "Difference"):
         d = diagonals(e, ctx.n)
         if d is not None:
-            if not d:
-                return iv_empty(g.T), iv_empty(g.T)
-            out = band(g, *d[0])
-            for lo, hi in d[1:]:
-                out = join(out, band(g, lo, hi))
-            return out
+            return bands(g, d)
     if _k(e) == "Union":
         out = spaces_of(e.terms[0], g, ctx)
         for t in e.terms[1:]:
@@ -1563,6 +1609,13 @@ def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
         return _merge_rows(lo, hi, hi > lo, inf) if lo.shape[1] > 1 else iv_compact(lo, hi, inf)
     h = merged(hull, outward)
     f = merged(core, inward)
+    base = (kclass * ct).to(dt).unsqueeze(1)
+    if h[0].shape == f[0].shape and torch.equal(h[0], f[0]) and torch.equal(h[1], f[1]):
+        # Every visited tile is full (an exact group on tiles aligned with its blocks, as
+        # blockwise(b, stride(s)) with its n'/s runs per row): the hull's runs are the runs.
+        used = h[1] > h[0]
+        return (pick(used, h[0] + base, 0).to(torch.int32), pick(used, h[1] + base, 0).to(torch.int32),
+                used)
     # Sweep the boundaries in position order: +1/-1 at hull ends, +2/-2 at full ends (full
     # tiles lie inside the hull), so the running level is 0 outside, 1 on partial and 3 on
     # full tiles.  Each set's ends are already sorted (lo0 < hi0 < lo1 ...), so the two
@@ -1594,7 +1647,6 @@ def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
     full = torch.zeros((T, S + 1), dtype=torch.bool).scatter_(1, slot, level > 1)[:, :S]
     used = hi > lo
     full = full & used
-    base = (kclass * ct).to(dt).unsqueeze(1)
     lo = pick(used, lo + base, 0)
     hi = pick(used, hi + base, 0)
     return lo.to(torch.int32), hi.to(torch.int32), full
@@ -1619,25 +1671,49 @@ def _expand(s):
 
 
 def blockwise_group(node, ctx: Context) -> Group:
+    """``blockwise(b, E)``: per query block, the runs of key blocks ``E`` allows at block
+    scale (``n' = ceil(n / b)``).  ``E`` is planned like a pattern, split into parts with
+    one-block tiles in the views `split` gives them: a congruence (``stride(4)``) is then
+    a residue view's whole class, listed block by block, rather than a hull searched by
+    evaluating ``E`` on every pair in it (which cost O(n'^2)).  Only pairs a part's closed
+    forms leave undecided are evaluated.  Cost: O(runs + undecided pairs)."""
     inner = ctx.inner(node)
     n2 = inner.n
     b = cap(node.block, ctx.n)
-    qv = View.make(1, 0, n2, 1)
-    g = Geom.make(IDENTITY, qv, qv, n2)
-    hull, core = tile_spaces(node.expr, g, inner)
-    rows_c, lo_c = [], []
-    rows_u, j_u = _expand(iv_difference(hull, core))
-    for s in range(0, rows_u.numel(), _CHUNK):
-        r, j = rows_u[s:s + _CHUNK], j_u[s:s + _CHUNK]
-        ok = evaluate(node.expr, r, j, inner)
-        rows_c.append(r[ok])
-        lo_c.append(j[ok])
-    creal = core[0] < INF
-    crow = torch.arange(n2).unsqueeze(1).expand_as(core[0])[creal]
-    rows = torch.cat([crow] + rows_c)
-    lo = torch.cat([core[0][creal]] + lo_c)
-    hi = torch.cat([core[1][creal]] + [x + 1 for x in lo_c])
-    rows, lo, hi = merge_runs(rows, lo, hi)
+    got = []
+    for kind, pred in disjoint_parts(node.expr, n2, NODES):
+        qv, kv = kind.views(0, n2, n2, 1, 1)
+        g = Geom.make(kind, qv, kv, n2)
+        hull, core = tile_spaces(pred, g, inner)
+        # tiles (one query block each) in block order, so every piece below is row-sorted
+        order = torch.argsort(pick(g.valid, g.qmin, INF))
+        order = order[: int(g.valid.sum())]
+        row, kf = g.qmin[order], g.kf[order]
+        core = (core[0][order], core[1][order])
+        undecided = iv_difference((hull[0][order], hull[1][order]), core)
+        if g.sk == 1:
+            real = core[0] < INF
+            rr = torch.arange(row.numel()).unsqueeze(1).expand_as(core[0])[real]
+            got.append((row[rr], kf[rr] + core[0][real], kf[rr] + core[1][real]))
+        else:
+            # class-local index j is key block kf + sk * j: one run per block
+            t, j = _expand(core)
+            k = kf[t] + g.sk * j
+            got.append((row[t], k, k + 1))
+        t, j = _expand(undecided)
+        for s0 in range(0, t.numel(), _CHUNK):
+            tt, jj = t[s0:s0 + _CHUNK], j[s0:s0 + _CHUNK]
+            q, k = row[tt], kf[tt] + g.sk * jj
+            ok = evaluate(pred, q, k, inner)
+            got.append((q[ok], k[ok], k[ok] + 1))
+    got = [x for x in got if x[0].numel()]
+    if len(got) == 1:
+        # one source: already row-sorted with ascending, disjoint, non-touching runs
+        # (sets are normalised; single blocks of a residue class are sk > 1 apart)
+        rows, lo, hi = got[0]
+    else:
+        e = torch.zeros(0, dtype=torch.int64)
+        rows, lo, hi = merge_runs(*(torch.cat([x[i] for x in got]) if got else e for i in range(3)))
     return runs_group(b, ctx.n, rows, lo, hi, n2)
 
 
@@ -1655,6 +1731,12 @@ def _fits(s: int, n: int) -> bool:
     """A diagonal residue view needs classes long enough to fill a minimal tile (its query
     tiles would otherwise hold a few rows each)."""
     return 1 < s and s * MIN_CLASS <= n
+
+
+def few_diagonals(s: int, n: int) -> bool:
+    """A congruence on ``q - k`` with a period too long for a diagonal residue view: its
+    few diagonals (at most ``2 * MIN_CLASS + 1``) are planned as bands of width 1."""
+    return s > 1 and not _fits(s, n)
 
 
 def _fits_axis(s: int, n: int) -> bool:
@@ -1688,6 +1770,39 @@ def _combine_kind(a: ViewKind, b: ViewKind, n: int):
         return a if a.s >= b.s else b
     rank = {"d": 0, "k": 1, "q": 2}
     return a if rank[a.kind] < rank[b.kind] else b
+
+
+# Single positions of an index set in arithmetic progression, at least this many, are
+# planned as that progression, so a residue view gathers them: 40 global tokens 37 apart are
+# one key tile per query tile (a "k" view), not 23 key tiles holding 2 of them each.
+COALESCE = 3
+
+
+def coalesce(progs) -> list:
+    """Per progression of an index set (None for an empty item), the one it is planned as:
+    single positions that form an arithmetic progression of ``COALESCE`` or more members
+    (greedily, in increasing order) become that progression; everything else stays.
+    `split` and the ownership slots both go through it, so they agree on each item's view."""
+    xs = sorted({p[0] for p in progs if p is not None and p[1] - p[0] == 1})
+    run: dict = {}
+    i = 0
+    while i + COALESCE <= len(xs):
+        d = xs[i + 1] - xs[i]
+        j = i + 1
+        while j + 1 < len(xs) and xs[j + 1] - xs[j] == d:
+            j += 1
+        if j - i + 1 < COALESCE:
+            i += 1
+            continue
+        for x in xs[i:j + 1]:
+            run[x] = (xs[i], xs[j] + 1, d)
+        i = j + 1
+    return [run.get(p[0], p) if p is not None and p[1] - p[0] == 1 else p for p in progs]
+
+
+def _planned_index(index, n: int) -> list:
+    """The distinct progressions `split` plans an index set as."""
+    return list(dict.fromkeys(coalesce(list(resolve_index(index, n)))))
 
 
 def _row_groups(progs, n: int, N):
@@ -1756,11 +1871,11 @@ def _split(e, n: int, N) -> dict:
     if _k(e) == "Slash":
         return _by_step(resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1)), n, "d", N.Slash, N) or {IDENTITY: e}
     if _k(e) == "Cols":
-        return _by_step(resolve_index(e.index, n), n, "k", N.Cols, N) or {IDENTITY: e}
+        return _by_step(_planned_index(e.index, n), n, "k", N.Cols, N) or {IDENTITY: e}
     if _k(e) == "Rows":
-        return _row_groups(resolve_index(e.index, n), n, N) or {IDENTITY: e}
+        return _row_groups(_planned_index(e.index, n), n, N) or {IDENTITY: e}
     if _k(e) == "Global":
-        progs = resolve_index(e.index, n)
+        progs = _planned_index(e.index, n)
         rows = _row_groups(progs, n, N)
         if list(rows) == [IDENTITY] and all(s == 1 or not _fits_axis(s, n) for _, _, s in progs):
             return {IDENTITY: e}
@@ -1790,11 +1905,22 @@ def disjoint_parts(e, n: int, N) -> list:
     """``[(view, predicate)]``: disjoint, their union is ``e``."""
     pieces = sorted(split(e, n, N).items(), key=lambda kv: kv[0].order())
     out = []
-    seen = None
-    for v, x in pieces:
+    for i, (v, x) in enumerate(pieces):
+        # A piece under a row restriction holds pairs of those rows only, so earlier pieces
+        # on disjoint rows cannot meet it: leaving them out keeps each of many short row
+        # parts (a long global list) small, instead of minus everything before it.
+        seen = None
+        for w, y in pieces[:i]:
+            if _rows_meet(v, w):
+                seen = _union(seen, y, N)
         out.append((v, x if seen is None else N.Difference(x, seen)))
-        seen = _union(seen, x, N)
     return out
+
+
+def _rows_meet(a: ViewKind, b: ViewKind) -> bool:
+    lo = max(-INF if a.qlo is None else a.qlo, -INF if b.qlo is None else b.qlo)
+    hi = min(INF if a.qhi is None else a.qhi, INF if b.qhi is None else b.qhi)
+    return lo < hi
 
 
 def transpose_kind(v: ViewKind) -> ViewKind:
@@ -1815,15 +1941,19 @@ def extent(e, sk: int, n: int):
         return max(1, -(-w // sk))
     if _k(e) == "Local":
         return band(min(e.left, n) + min(e.right, n) + 1)
-    if _k(e) == "Dilated":
-        return band(1 if e.dilation >= n else 2 * min(e.width * e.dilation, n) + 1)
-    if _k(e) == "Stride" and e.step >= n:
-        return 1   # only the diagonal q == k
+    if _k(e) in ("Stride", "Dilated"):
+        s = e.step if _k(e) == "Stride" else e.dilation
+        if few_diagonals(s, n) or s >= n:
+            return 1   # a few diagonals of width 1 (only q == k when s >= n)
+        if _k(e) == "Dilated":
+            return band(2 * min(e.width * e.dilation, n) + 1)
     if _k(e) == "Slash":
         progs = resolve_offsets(e.offsets, -max(n - 1, 0), max(n, 1))
         if not progs:
             return "cols"
-        return band(max(p[1] for p in progs) - min(p[0] for p in progs))
+        # items are bands of their own (a union takes the widest); a stepped item whose
+        # period is too long for a residue view is a few diagonals of width 1
+        return max(band(1 if few_diagonals(s, n) else b - a) for a, b, s in progs)
     if _k(e) in ("All", "Causal", "Stride"):
         return None
     if _k(e) == "Intersect":
@@ -2013,12 +2143,13 @@ def _step_views(progs, n: int, kind: str):
 
 
 def _item_progs(index, n: int, offsets: bool):
+    """Per item, the progression it is planned as (None when empty), as `split` plans it."""
     out = []
     for item in index.items:
         one = NODES.IndexSet((item,))
         got = resolve_offsets(one, -max(n - 1, 0), max(n, 1)) if offsets else resolve_index(one, n)
         out.append(got[0] if got else None)
-    return out
+    return out if offsets else coalesce(out)
 
 
 def leaf_slots(e, n: int):
