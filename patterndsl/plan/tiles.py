@@ -6,7 +6,8 @@
 2. Caps from the pattern: tiles align with block-structured terms (largest power of two
    dividing each ``b`` of ``block``/``random``/``blockwise``, when >= 16); a band spanning
    ``w`` diagonals (in view coordinates) caps tiles at ``w / 4`` (so a tile row wastes at most
-   ~half a band); a residue view caps them at a quarter of the class length; short calls cap
+   ~half a band; a period too long for a residue view is a few width-1 diagonals, ``w = 1``,
+   so 16 x 16 tiles); a residue view caps them at a quarter of the class length; short calls cap
    ``block_m`` at ``nq`` and ``block_n`` at ``n`` (rounded up to a power of two).
 3. Never below 16 (the smallest tile a tensor-core kernel uses); forced sizes win.
 
