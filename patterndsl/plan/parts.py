@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .. import ir
 from . import runtime as _rt
-from .runtime import COALESCE, MIN_CLASS, SHORT_ROWS, coalesce, extent, few_diagonals, transpose_kind  # noqa: F401
+from .runtime import (COALESCE, MIN_CLASS, SHORT_ROWS, coalesce, extent, few_diagonals,  # noqa: F401
+                      transpose_kind)
 
 
 def split(e: ir.Expr, n: int) -> dict:
