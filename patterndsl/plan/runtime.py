@@ -1694,23 +1694,23 @@ def blockwise_group(node, ctx: Context) -> Group:
         if g.sk == 1:
             real = core[0] < INF
             rr = torch.arange(row.numel()).unsqueeze(1).expand_as(core[0])[real]
-            got.append((row[rr], kf[rr] + core[0][real], kf[rr] + core[1][real]))
+            got.append((row[rr], kf[rr] + core[0][real], kf[rr] + core[1][real], True))
         else:
             # class-local index j is key block kf + sk * j: one run per block
             t, j = _expand(core)
             k = kf[t] + g.sk * j
-            got.append((row[t], k, k + 1))
+            got.append((row[t], k, k + 1, True))
         t, j = _expand(undecided)
         for s0 in range(0, t.numel(), _CHUNK):
             tt, jj = t[s0:s0 + _CHUNK], j[s0:s0 + _CHUNK]
             q, k = row[tt], kf[tt] + g.sk * jj
             ok = evaluate(pred, q, k, inner)
-            got.append((q[ok], k[ok], k[ok] + 1))
+            got.append((q[ok], k[ok], k[ok] + 1, False))
     got = [x for x in got if x[0].numel()]
-    if len(got) == 1:
-        # one source: already row-sorted with ascending, disjoint, non-touching runs
-        # (sets are normalised; single blocks of a residue class are sk > 1 apart)
-        rows, lo, hi = got[0]
+    if len(got) == 1 and got[0][3]:
+        # one core: already row-sorted with ascending, disjoint, non-touching runs (the
+        # sets are normalised; single blocks of a residue class are sk > 1 apart)
+        rows, lo, hi, _ = got[0]
     else:
         e = torch.zeros(0, dtype=torch.int64)
         rows, lo, hi = merge_runs(*(torch.cat([x[i] for x in got]) if got else e for i in range(3)))
