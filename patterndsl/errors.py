@@ -7,6 +7,7 @@ prints ``str(err)`` and exits 1; nothing ever surfaces as a Python traceback.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 
@@ -104,3 +105,16 @@ class PsparseSemanticError(PsparseError):
 
 class PsparseUsageError(PsparseError):
     """A well-formed spec used wrongly at call time (missing doc_ids, uncovered head, bad shapes...)."""
+
+
+@contextlib.contextmanager
+def out_of_memory_as_usage_error(message: str):
+    """Report an allocation that cannot succeed (a plan or layout for an enormous n) as a
+    usage error with ``message`` instead of the allocator's RuntimeError or MemoryError;
+    any other RuntimeError passes through."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):
+            raise
+        raise PsparseUsageError(message) from None

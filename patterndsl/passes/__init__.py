@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 
 from .. import ir, printer
-from ._walk import forget_nodes
+from ._walk import forget_nodes, map_operands
 from .flatten import flatten
 from .identities import simplify_identities
 from .merge import merge
@@ -60,34 +60,14 @@ def _canonical(e: ir.Expr, memo: dict) -> ir.Expr:
     Each pass's rule only needs its operands rewritten by that pass; here they are fixed
     points of all of them.  Running whole-tree passes in rounds until a round changed
     nothing (as this did before) walked every changed line again: on a file of hundreds
-    of lines that second round cost a third of the time.  A rule that hands back a new node may have built new operands (a merged
-    window, the union of what subsume kept), so its result goes through the same
-    procedure; operands that are already canonical are found in ``memo``."""
+    of lines that second round cost a third of the time.  A rule that hands back a new
+    node may have built new operands (a merged window, the union of what subsume kept),
+    so its result goes through the same procedure; operands that are already canonical
+    are found in ``memo``."""
     hit = memo.get(id(e))
     if hit is not None:
         return hit[1]
-    node = e
-    t = type(e)
-    if t is ir.Union or t is ir.Intersect:
-        terms = []
-        changed = False
-        for c in e.terms:
-            h = memo.get(id(c))
-            out = h[1] if h is not None else _canonical(c, memo)
-            if out is not c:
-                changed = True
-            terms.append(out)
-        if changed:
-            node = t(tuple(terms), span=e.span)
-    elif t is ir.Difference:
-        left = _canonical(e.left, memo)
-        right = _canonical(e.right, memo)
-        if left is not e.left or right is not e.right:
-            node = ir.Difference(left, right, span=e.span)
-    elif t is ir.Blockwise:
-        inner = _canonical(e.expr, memo)
-        if inner is not e.expr:
-            node = ir.Blockwise(e.block, inner, span=e.span)
+    node = map_operands(e, lambda c: _canonical(c, memo), memo)
     out = node
     for rule, keep in NODE_RULES:
         if type(out) not in keep:

@@ -35,12 +35,10 @@ def bottom_up(e: ir.Expr, rule: Rule, memo: dict | None = None,
     return _bottom_up(e, rule, {} if memo is None else memo, keep, idempotent)
 
 
-def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset,
-               idempotent: bool = False) -> ir.Expr:
-    hit = memo.get(id(e))
-    if hit is not None:
-        return hit[1]
-    node = e
+def map_operands(e: ir.Expr, visit, memo: dict, keep: frozenset = frozenset()) -> ir.Expr:
+    """``e`` with each operand whose type is not in ``keep`` replaced by its entry in
+    ``memo`` (id(node) -> (node, result)) or else by ``visit(operand)``; ``e`` itself when
+    no operand changed.  The one place that knows which IR nodes have operands."""
     t = type(e)
     if t is ir.Union or t is ir.Intersect:
         terms = []
@@ -48,27 +46,39 @@ def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset,
         for c in e.terms:
             if type(c) not in keep:
                 h = memo.get(id(c))
-                out = h[1] if h is not None else _bottom_up(c, rule, memo, keep, idempotent)
+                out = h[1] if h is not None else visit(c)
                 if out is not c:
                     changed = True
                     c = out
             terms.append(c)
         if changed:
-            node = t(tuple(terms), span=e.span)  # what replace() builds, minus its overhead
+            return t(tuple(terms), span=e.span)  # what replace() builds, minus its overhead
     elif t is ir.Difference:
         left, right = e.left, e.right
         if type(left) not in keep:
-            left = _bottom_up(left, rule, memo, keep, idempotent)
+            h = memo.get(id(left))
+            left = h[1] if h is not None else visit(left)
         if type(right) not in keep:
-            right = _bottom_up(right, rule, memo, keep, idempotent)
+            h = memo.get(id(right))
+            right = h[1] if h is not None else visit(right)
         if left is not e.left or right is not e.right:
-            node = ir.Difference(left, right, span=e.span)
+            return ir.Difference(left, right, span=e.span)
     elif t is ir.Blockwise:
         inner = e.expr
         if type(inner) not in keep:
-            inner = _bottom_up(inner, rule, memo, keep, idempotent)
+            h = memo.get(id(inner))
+            inner = h[1] if h is not None else visit(inner)
         if inner is not e.expr:
-            node = ir.Blockwise(e.block, inner, span=e.span)
+            return ir.Blockwise(e.block, inner, span=e.span)
+    return e
+
+
+def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset,
+               idempotent: bool = False) -> ir.Expr:
+    hit = memo.get(id(e))
+    if hit is not None:
+        return hit[1]
+    node = map_operands(e, lambda c: _bottom_up(c, rule, memo, keep, idempotent), memo, keep)
     out = rule(node)
     # Holding ``e`` keeps its id from being reused by another object while the memo lives.
     memo[id(e)] = (e, out)

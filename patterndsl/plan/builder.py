@@ -6,7 +6,7 @@ from functools import lru_cache
 import torch
 
 from .. import ir
-from ..errors import PsparseUsageError
+from ..errors import PsparseUsageError, out_of_memory_as_usage_error
 from ..args import checked_int, query_rows
 from .arith import single_threaded
 from .context import Context, check_static
@@ -90,15 +90,11 @@ def build_plan(spec, n: int, *, nq: int | None = None, q_offset: int | None = No
         if doc_ids is None:
             raise PsparseUsageError("this spec uses `document`: pass doc_ids (shape [n])")
         key = _DocKey(_doc(doc_ids, n))
-    try:
-        return _cached(ir.strip_spans(expr), n, nq, q_offset, head_dim, dtype, block_m, block_n, key)
-    except (MemoryError, RuntimeError) as e:
-        # a plan holds O(n / block) entries per run: at n near 2**40 that outgrows any machine
-        if isinstance(e, RuntimeError) and "allocate" not in str(e):
-            raise
-        raise PsparseUsageError(
+    # a plan holds O(n / block) entries per run: at n near 2**40 that outgrows any machine
+    with out_of_memory_as_usage_error(
             f"the plan for n = {n} does not fit in memory (its arrays hold about n / block_m entries "
-            "per key run); use a shorter sequence or larger tiles") from None
+            "per key run); use a shorter sequence or larger tiles"):
+        return _cached(ir.strip_spans(expr), n, nq, q_offset, head_dim, dtype, block_m, block_n, key)
 
 
 @lru_cache(maxsize=256)

@@ -96,16 +96,12 @@ def tile_sizes(block_m, block_n, default_m: int, default_n: int) -> tuple[int, i
 
 
 def build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, bn: int) -> Layout:
-    try:
-        return _build_layout(expr, ctx, nq, q_offset, bm, bn)
-    except (MemoryError, RuntimeError) as e:
-        # the dense layout is one byte per tile: n**2 / (bm * bn) outgrows memory at long n
-        if isinstance(e, RuntimeError) and "allocate" not in str(e):
-            raise
-        from ..errors import PsparseUsageError
-        raise PsparseUsageError(
+    from ..errors import out_of_memory_as_usage_error
+    # the dense layout is one byte per tile: n**2 / (bm * bn) outgrows memory at long n
+    with out_of_memory_as_usage_error(
             f"the layout of {-(-nq // bm)} x {-(-ctx.n // bn)} tiles does not fit in memory; "
-            "ask for larger tiles (layout(block_m, block_n)) or a shorter sequence") from None
+            "ask for larger tiles (layout(block_m, block_n)) or a shorter sequence"):
+        return _build_layout(expr, ctx, nq, q_offset, bm, bn)
 
 
 def _build_layout(expr: ir.Expr, ctx: Context, nq: int, q_offset: int, bm: int, bn: int) -> Layout:
