@@ -256,6 +256,7 @@ def write_results(table: list[str], missed: list[str], load: float) -> None:
     ]
     if missed:
         body += ["Missed: " + "; ".join(missed) + ".", ""]
+    body.append("")
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     if HEADING in old:
         start = old.index(HEADING)
