@@ -129,7 +129,7 @@ class _Front:
                          key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value),
                                         t.name))
         self.ignore = frozenset(conf.ignore)
-        self._rules: dict = {}  # id(lark rule) -> (length, name it reduces to, tree callback, unit)
+        self._table = None  # see _tables
         alternatives = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in ordered)
         # Ignored text (spaces, comments) is skipped inside the same match as the token
         # after it: a third of a spec's matches were spaces, each a trip round the loop.
@@ -164,28 +164,47 @@ class _Front:
             e.parser_state = state
             raise
 
-    def _rule_info(self, rule, callbacks):
-        info = self._rules.get(id(rule))
-        if info is None:
-            size = len(rule.expansion)
-            cb = callbacks[rule] if callbacks else None
-            # A one-symbol rule whose tree callback hands back its only child (lark's
-            # ExpandSingleChild, e.g. ``atom -> call``) leaves the value stack as it is;
-            # about half of all reductions are of this kind.
-            unit = size == 1 and type(cb) is ExpandSingleChild
-            info = self._rules[id(rule)] = (size, rule.origin.name, cb, unit)
-        return info
+    def _tables(self, conf):
+        """lark's LALR table recoded for the loop in :meth:`_drive`: per state, each
+        terminal's action as an int (shift to that state) or a tuple ``(size, rule name,
+        tree callback, unit)`` (reduce), and each rule name's goto state.  Built once per
+        process, on the first parse."""
+        if self._table is None:
+            table, goto = {}, {}
+            infos: dict = {}
+            for st, row in conf.states.items():
+                acts, gos = {}, {}
+                for sym, (action, arg) in row.items():
+                    if action is Shift:
+                        if sym.isupper() or sym == "$END":
+                            acts[sym] = arg
+                        else:
+                            gos[sym] = arg
+                    else:
+                        info = infos.get(id(arg))
+                        if info is None:
+                            size = len(arg.expansion)
+                            cb = conf.callbacks[arg] if conf.callbacks else None
+                            # A one-symbol rule whose tree callback hands back its only
+                            # child (lark's ExpandSingleChild, e.g. ``atom -> call``) leaves
+                            # the value stack as it is; about half of all reductions are
+                            # of this kind.
+                            unit = size == 1 and type(cb) is ExpandSingleChild
+                            info = infos[id(arg)] = (size, arg.origin.name, cb, unit)
+                        acts[sym] = info
+                table[st], goto[st] = acts, gos
+            self._table = (table, goto)
+        return self._table
 
     def _drive(self, text: str, state, stack: list):
         conf = state.parse_conf
-        states = conf.states
+        table, goto = self._tables(conf)
         end_state = conf.end_state
-        callbacks = conf.callbacks
-        term_callbacks = {k: v for k, v in callbacks.items() if isinstance(k, str)}
+        # Terminal callbacks (lark's lexer_callbacks) are not used by this grammar.
+        assert not any(isinstance(k, str) for k in conf.callbacks)
         state_stack = state.state_stack
         value_stack = state.value_stack
-        rules = self._rules
-        rule_info = self._rule_info
+        top = state_stack[-1]
 
         match = self.master.match
         skip = self.skip.match
@@ -227,11 +246,11 @@ class _Front:
                 col = pos - line_start + 1
                 if kind == "NAME":
                     kw = keywords.get(value)
-                    if kw is not None and kw in states[state_stack[-1]]:
+                    if kw is not None and kw in table[top]:
                         kind = kw
                 elif kind == "INT":
                     if value[0] == "-":
-                        row = states[state_stack[-1]]
+                        row = table[top]
                         if "INT" not in row and "_MINUS" in row:
                             # `x-1`: where no number may come, the '-' is the operator.
                             kind, value, end = "_MINUS", "-", pos + 1
@@ -263,34 +282,26 @@ class _Front:
 
             # -- feed it: reduce as long as the table says so, then shift ---------------
             while True:
-                row = states[state_stack[-1]]
                 try:
-                    action, arg = row[kind]
+                    act = table[top][kind]
                 except KeyError:
-                    expected = {s for s in row.keys() if s.isupper()}
+                    expected = {s for s in conf.states[top].keys() if s.isupper()}
                     raise UnexpectedToken(tok, expected, state=state,
                                           interactive_parser=None) from None
-                if action is Shift:
-                    # (lark asserts this for every action; a reduce's rule never equals a
-                    # state number, so only a shift can break it.)
-                    assert arg != end_state
+                if act.__class__ is int:  # shift
+                    # (lark asserts this on every shift; the end token is never shifted.)
                     assert not is_end
-                    state_stack.append(arg)
-                    cb = term_callbacks.get(kind)
-                    value_stack.append(tok if cb is None else cb(tok))
+                    state_stack.append(act)
+                    top = act
+                    value_stack.append(tok)
                     break
-                info = rules.get(id(arg))  # rules live as long as the tables
-                if info is None:
-                    info = rule_info(arg, callbacks)
-                size, origin, cb, unit = info
+                size, origin, cb, unit = act
                 if unit:
-                    del state_stack[-1]  # the single child stays where it is, as the value
-                    value = value_stack[-1]
-                    _action, new_state = states[state_stack[-1]][origin]
-                    assert _action is Shift
-                    state_stack.append(new_state)
-                    if is_end and new_state == end_state:
-                        return value
+                    # the single child stays where it is on the value stack, as the value
+                    top = goto[state_stack[-2]][origin]
+                    state_stack[-1] = top
+                    if is_end and top == end_state:
+                        return value_stack[-1]
                     continue
                 if size:
                     children = value_stack[-size:]
@@ -299,11 +310,10 @@ class _Front:
                 else:
                     children = []
                 value = cb(children) if cb is not None else children
-                _action, new_state = states[state_stack[-1]][origin]
-                assert _action is Shift
-                state_stack.append(new_state)
+                top = goto[state_stack[-1]][origin]
+                state_stack.append(top)
                 value_stack.append(value)
-                if is_end and new_state == end_state:
+                if is_end and top == end_state:
                     return value
             last = tok
 
