@@ -12,7 +12,7 @@ from patterndsl.retention.attend import attend, head_groups
 from patterndsl.retention.cache import KVCache
 from patterndsl.spec import parse
 
-from decoding import decode_steps
+from decoding import decode_inputs, decode_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,8 +134,7 @@ def test_causal_examples_decode_2000_steps_losslessly(text):
     prompt = min(bound if bound is not None else 200, 5000) + 30
     steps, d = 2000, 4
     total = prompt + steps
-    k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
-    qs = torch.randn(1, 2, total, d)
+    k_all, v_all, qs = decode_inputs(total, d)
     # Rows of a mask at the full length equal each step's own row for these patterns
     # (no term depends on n): checked on a prefix, then used as the full-cache answer.
     full = spec.mask(total)
@@ -160,8 +159,7 @@ def test_interpreter_decodes_64_steps_losslessly():
     assert cache.bounded and cache.capacity == 29
     prompt, steps, d = 40, 64, 8
     total = prompt + steps
-    k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
-    qs = torch.randn(1, 2, total, d)
+    k_all, v_all, qs = decode_inputs(total, d)
     for n, got in decode_steps(cache, k_all, v_all, qs, prompt, bound=29):
         full_pos = torch.arange(n)[None, None]
         want, _ = dense_reference(spec, k_all[:, :, :n], v_all[:, :, :n], full_pos,

@@ -392,6 +392,7 @@ def test_kernels_compile_ahead_of_time_for_sm90():
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
+from predicates import torch_function  # noqa: E402
 from strategies import exprs  # noqa: E402
 
 _EXPRS = exprs(dynamic=False, document=True, random=True, max_leaves=6)
@@ -401,11 +402,7 @@ _SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derando
 def _torch_predicate(expr):
     """The torch-dialect predicate of ``expr`` as a function (same formulas as the kernels)."""
     from patterndsl.codegen.emit import emit
-    p = emit(expr, dialect="torch")
-    lines = ["def f(qc, kc, PRM, TAB, DOC):"] + [f"    {x}" for x in p.setup + p.body] + [f"    return {p.result}"]
-    env = {"torch": torch}
-    exec("\n".join(lines), env)
-    return env["f"]
+    return torch_function(emit(expr, dialect="torch"), "qc, kc, PRM, TAB, DOC")
 
 
 @settings(max_examples=150, **_SETTINGS)

@@ -27,6 +27,7 @@ from patterndsl.plan.predicate import evaluate
 from patterndsl.plan.runtime import owner_program
 from patterndsl.printer import to_text
 from patterndsl.spec import parse
+from predicates import torch_function
 from strategies import exprs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,11 +136,7 @@ def test_module_plans_are_psparse_plans_for_random_specs(tmp_path_factory, expr,
 # ---------------------------------------------------------------------------
 
 def _owner_fn(expr):
-    p = owner_predicate(expr, dialect="torch")
-    lines = ["def f(qc, kc, n, PRM, TAB, DOC):"] + [f"    {x}" for x in p.setup + p.body] + [f"    return {p.result}"]
-    env = {"torch": torch}
-    exec("\n".join(lines), env)
-    return env["f"]
+    return torch_function(owner_predicate(expr, dialect="torch"), "qc, kc, n, PRM, TAB, DOC")
 
 
 def check_owner(expr, n, doc=None):

@@ -14,7 +14,7 @@ from patterndsl.retention.cache import KVCache
 from patterndsl.retention.policy import head_policies, position_policy
 from patterndsl.spec import parse
 
-from decoding import decode_steps
+from decoding import decode_inputs, decode_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -268,8 +268,7 @@ def test_compiled_pattern_kv_cache_and_2000_steps():
     assert cache.bounded and cache.capacity == 21 and cache.dtype == torch.float32
     prompt, steps, d = 50, 2000, 8
     total = prompt + steps
-    k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
-    qs = torch.randn(1, 2, total, d)
+    k_all, v_all, qs = decode_inputs(total, d)
     cache.update(0, k_all[:, :, :prompt], v_all[:, :, :prompt])
     worst = 0.0
     for n in range(prompt, total + 1):
@@ -314,8 +313,7 @@ def test_examples_decode_losslessly_past_their_windows(text):
     prompt = min(bound if bound is not None else 300, 5000) + 40
     steps, d = 48, 8
     total = prompt + steps
-    k_all, v_all = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
-    qs = torch.randn(1, 2, total, d)
+    k_all, v_all, qs = decode_inputs(total, d)
     for n, out in decode_steps(cache, k_all, v_all, qs, prompt, bound):
         q = qs[:, :, n - 1: n]
         got = out[:, :, 0].double()
