@@ -87,7 +87,9 @@ def test_each_pass_equals_the_plain_traversal(e):
 @CHECK
 @given(exprs(max_leaves=8))
 def test_sorting_a_sorted_tree_returns_it(e):
-    # What sort_terms' idempotent=True relies on, checked with the plain traversal.
+    # A sorted chain of sorted operands sorts to itself (the sort is stable and the keys
+    # depend on the operands alone): canonicalize tries sort last, so a node it settles in
+    # stays settled.
     out = plain_bottom_up(e, sort._sort_node)
     assert plain_bottom_up(out, sort._sort_node) is out
     memo: dict = {}

@@ -1,9 +1,10 @@
-"""The one traversal every pass shares: rebuild an expression bottom-up.
+"""The traversal the passes share: rebuild an expression bottom-up.
 
 A pass is a node-level rule (``Expr -> Expr``) that may assume its operands are
 already rewritten; :func:`bottom_up` applies it from the leaves to the root and
 keeps every unchanged subtree as the same object, so a pass that rewrites nothing
-returns its input and the fixed-point loop can stop on ``is``.
+returns its input (and canonicalize can stop on ``is``).  :func:`map_operands` is the
+operand step both it and canonicalize use.
 
 A rule is a pure function of the subtree it is given, so its result for one node
 object can be reused wherever that object occurs again.  Lowering substitutes a
@@ -23,16 +24,14 @@ Rule = Callable[[ir.Expr], ir.Expr]
 
 
 def bottom_up(e: ir.Expr, rule: Rule, memo: dict | None = None,
-              keep: frozenset = frozenset(), idempotent: bool = False) -> ir.Expr:
+              keep: frozenset = frozenset()) -> ir.Expr:
     """``rule`` applied from the leaves of ``e`` up.  ``memo`` (id(node) -> (node, result))
     may be shared between calls that use the same ``rule``, e.g. over every line of a
     program; without one, reuse is limited to the objects shared inside ``e``.  ``keep``
-    names leaf types that ``rule`` always returns unchanged, so they are not visited.
-    ``idempotent`` says that the pass hands back each result unchanged when given it
-    again, so results are remembered as their own results too."""
+    names leaf types that ``rule`` always returns unchanged, so they are not visited."""
     if type(e) in keep:
         return e
-    return _bottom_up(e, rule, {} if memo is None else memo, keep, idempotent)
+    return _bottom_up(e, rule, {} if memo is None else memo, keep)
 
 
 def map_operands(e: ir.Expr, visit, memo: dict, keep: frozenset = frozenset()) -> ir.Expr:
@@ -73,17 +72,14 @@ def map_operands(e: ir.Expr, visit, memo: dict, keep: frozenset = frozenset()) -
     return e
 
 
-def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset,
-               idempotent: bool = False) -> ir.Expr:
+def _bottom_up(e: ir.Expr, rule: Rule, memo: dict, keep: frozenset) -> ir.Expr:
     hit = memo.get(id(e))
     if hit is not None:
         return hit[1]
-    node = map_operands(e, lambda c: _bottom_up(c, rule, memo, keep, idempotent), memo, keep)
+    node = map_operands(e, lambda c: _bottom_up(c, rule, memo, keep), memo, keep)
     out = rule(node)
     # Holding ``e`` keeps its id from being reused by another object while the memo lives.
     memo[id(e)] = (e, out)
-    if idempotent and out is not e:
-        memo[id(out)] = (out, out)
     return out
 
 

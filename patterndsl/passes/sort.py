@@ -42,10 +42,7 @@ _KEEP = LEAF_TYPES
 
 
 def sort_terms(e: ir.Expr, memo: dict | None = None) -> ir.Expr:
-    # Idempotent: a sorted chain of sorted operands sorts to itself (the sort is stable and
-    # the keys depend on the operands alone), so the next round's sort of this round's
-    # output is already known.
-    return bottom_up(e, _sort_node, memo, _KEEP, idempotent=True)
+    return bottom_up(e, _sort_node, memo, _KEEP)
 
 
 #: The node-level rule and what it never rewrites, for drivers that walk the tree.
