@@ -15,7 +15,6 @@ from functools import lru_cache
 
 from .plan.runtime import MASK64 as _MASK64
 from .plan.runtime import random_table, splitmix64, splitmix64_tensor  # noqa: F401
-from .plan.runtime import umod64 as _umod  # noqa: F401
 
 
 @lru_cache(maxsize=64)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from patterndsl.randomblocks import (_umod, random_block_lists, random_blocks, splitmix64,
+from patterndsl.plan.runtime import umod64
+from patterndsl.randomblocks import (random_block_lists, random_blocks, splitmix64,
                                      splitmix64_tensor)
 
 M64 = (1 << 64) - 1
@@ -67,7 +68,7 @@ def test_vector_splitmix_matches_scalar(values):
 def test_unsigned_mod(pairs):
     x = torch.tensor([to_signed(u) for u, _ in pairs], dtype=torch.int64)
     c = torch.tensor([c for _, c in pairs], dtype=torch.int64)
-    assert _umod(x, c).tolist() == [u % c for u, c in pairs]
+    assert umod64(x, c).tolist() == [u % c for u, c in pairs]
 
 
 @pytest.mark.parametrize("count,block,seed,causal,n", [

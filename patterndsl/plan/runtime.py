@@ -113,8 +113,20 @@ def crt(r1: int, m1: int, r2: int, m2: int):
     return (r1 + m1 * t) % m, m
 
 
+def _pow2_shift(a, b) -> int | None:
+    """The shift that divides the integer tensor ``a`` by the int ``b``, when ``b`` is a
+    power of two (tile sizes usually are): a shift is much cheaper than torch.div."""
+    if type(b) is int and b > 0 and b & (b - 1) == 0 and isinstance(a, torch.Tensor) \
+            and not a.is_floating_point() and a.dtype != torch.bool:
+        return b.bit_length() - 1
+    return None
+
+
 def fdiv(a, b):
     """Floor division for tensors (and ints)."""
+    s = _pow2_shift(a, b)
+    if s is not None:
+        return a >> s  # arithmetic shift: floor division, negative values included
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return torch.div(a, b, rounding_mode="floor")
     return a // b
@@ -122,6 +134,9 @@ def fdiv(a, b):
 
 def cdiv(a, b):
     """Ceiling division for tensors (and ints)."""
+    s = _pow2_shift(a, b)
+    if s is not None:
+        return (a + (b - 1)) >> s
     return -fdiv(-a, b)
 
 
@@ -668,12 +683,16 @@ def splitmix64_tensor(x: torch.Tensor) -> torch.Tensor:
     return y ^ _lshr(y, 31)
 
 
+def wrap64(c: torch.Tensor) -> torch.Tensor:
+    """``2**64 mod c``, built from 2**62 so every intermediate stays below 2**63."""
+    return torch.remainder(torch.remainder(torch.full_like(c, 1 << 62), c) * 4, c)
+
+
 def umod64(x: torch.Tensor, c: torch.Tensor, wrap: torch.Tensor | None = None) -> torch.Tensor:
     """``u mod c`` for the uint64 ``u`` stored in the int64 ``x`` (``1 <= c < 2**61``);
-    ``wrap`` is ``2**64 mod c`` when the caller has it."""
+    ``wrap`` is :func:`wrap64` of ``c`` when the caller has it."""
     if wrap is None:
-        # 2**64 mod c, built from 2**62 so every intermediate stays below 2**63.
-        wrap = torch.remainder(torch.remainder(torch.full_like(c, 1 << 62), c) * 4, c)
+        wrap = wrap64(c)
     r = torch.remainder(x, c)  # = (u - 2**64 * [x < 0]) mod c
     return torch.where(x < 0, torch.remainder(r + wrap, c), r)
 
@@ -715,7 +734,7 @@ def random_table(count: int, block: int, seed: int, causal: bool, n: int) -> tor
         table[full] = torch.where(cols < cand[full].unsqueeze(1), cols, torch.full_like(cols, -1))
     base = splitmix64_tensor(torch.tensor(signed64(splitmix64(seed & MASK64)), dtype=torch.int64) ^ rows)
     active = torch.nonzero(~full).flatten()
-    wrap = torch.remainder(torch.remainder(torch.full_like(cand, 1 << 62), cand) * 4, cand)
+    wrap = wrap64(cand)
     if active.numel() and r <= 8:
         # The usual case, r much smaller than the candidates: the stream's first r values are
         # distinct, so they are R(i).  Only rows with a repeat among them go on below.
@@ -1534,14 +1553,6 @@ def tile_spaces(e: Expr, g: Geom, ctx: Context, clip: bool = True):
 # Key spaces -> runs of key tiles, flagged full or partial
 # ---------------------------------------------------------------------------
 
-def _floor_div(x: torch.Tensor, b: int) -> torch.Tensor:
-    return x >> (b.bit_length() - 1) if b & (b - 1) == 0 else fdiv(x, b)
-
-
-def _ceil_div(x: torch.Tensor, b: int) -> torch.Tensor:
-    return (x + (b - 1)) >> (b.bit_length() - 1) if b & (b - 1) == 0 else cdiv(x, b)
-
-
 # Query tiles per slice of `tile_runs`: its temporaries are a few times [rows, runs] words,
 # so slices keep them in cache and let the heap reuse one slice's memory for the next.
 RUN_ROWS = 8192
@@ -1590,8 +1601,8 @@ def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
         lo = torch.clamp(lo, 0, top)
         hi = torch.minimum(torch.clamp(hi, 0, top), kc)
         real = (lo < hi) & rows
-        a = _floor_div(lo.to(dt), bn)
-        return a, pick(real, _ceil_div(hi.to(dt), bn), a)
+        a = fdiv(lo.to(dt), bn)
+        return a, pick(real, cdiv(hi.to(dt), bn), a)
 
     def inward(lo, hi):
         lo = torch.clamp(lo, 0, top)
@@ -1599,8 +1610,8 @@ def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
         real = (lo < hi) & rows
         # the class's last tile may be short: it is full when the core reaches the class end
         hi = pick(hi >= kc, ct * bn, hi)
-        c = _ceil_div(lo.to(dt), bn)
-        return c, pick(real, _floor_div(hi.to(dt), bn), c)
+        c = cdiv(lo.to(dt), bn)
+        return c, pick(real, fdiv(hi.to(dt), bn), c)
 
     def merged(sets, rnd):
         lo, hi = rnd(*sets[0])
