@@ -1087,10 +1087,7 @@ def tile_mask(e: Expr, q_pos: torch.Tensor, k_pos: torch.Tensor, ctx: "Context")
 
 class Context:
     """Per-(n, doc_ids) tables, built lazily and cached. Read by `evaluate`, the atom counts
-    and the per-tile key spaces.  ``_make_random(count, block, seed, causal, n)`` builds the
-    random-block table (:func:`random_table`; a subclass may supply another)."""
-
-    _make_random = staticmethod(random_table)
+    and the per-tile key spaces."""
 
     def __init__(self, n: int, doc_ids: torch.Tensor | None = None, *, inner: bool = False,
                  doc_runs=None):
@@ -1108,7 +1105,7 @@ class Context:
         """int64 ``[ceil(n/b), r]``: ``R(i)`` ascending, ``-1`` padded."""
         key = (node.count, node.block, node.seed, node.causal)
         if key not in self._random:
-            self._random[key] = self._make_random(node.count, node.block, node.seed, node.causal, self.n)
+            self._random[key] = random_table(node.count, node.block, node.seed, node.causal, self.n)
         return self._random[key]
 
     def inner(self, node) -> "Context":
@@ -1575,10 +1572,8 @@ def tile_runs(hull, core, g: Geom):
         outs.append(_tile_runs([(h[0][r], h[1][r]) for h in hull], [(c[0][r], c[1][r]) for c in core],
                                g.valid[r], g.kcount[r], g.kclass[r], g.kv))
     S = max(o[0].shape[1] for o in outs)
-    pad = [(0, S - o[0].shape[1]) for o in outs]
-    return (torch.cat([torch.nn.functional.pad(o[0], p) for o, p in zip(outs, pad)]),
-            torch.cat([torch.nn.functional.pad(o[1], p) for o, p in zip(outs, pad)]),
-            torch.cat([torch.nn.functional.pad(o[2], p) for o, p in zip(outs, pad)]))
+    return tuple(torch.cat([torch.nn.functional.pad(o[i], (0, S - o[i].shape[1])) for o in outs])
+                 for i in range(3))
 
 
 def _tile_runs(hull, core, valid, kcount, kclass, kv: View):
