@@ -23,11 +23,11 @@ def _run(cmd, **kw):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(wheel path, install folder): the wheel built without build isolation (no network
-    needed; .ci/run installs hatchling) and installed with pip --target."""
+    needed; the test extra installs hatchling) and installed with pip --target."""
     try:
         import hatchling  # noqa: F401
     except ImportError:
-        pytest.skip("hatchling is not installed (pip install hatchling; .ci/run does)")
+        pytest.skip("hatchling is not installed (pip install -e '.[test]' installs it)")
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
     r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
